@@ -1,0 +1,154 @@
+"""The embedding cache: one HDF5 file, written so that a crash can never leave it unopenable.
+
+Layout (all datasets contiguous and allocated when the file is created):
+
+``embeddings``  N x d float32, opened as a NumPy memmap at its file offset (read-only or writable)
+``ids``         N fixed-width UTF-8 byte strings, the corpus ``_id`` of each row, in corpus order
+``progress``    int64[1]: rows encoded so far; the cache is complete when it equals N
+attributes      model (name, sha256, dim, pooling, normalize, max_length) and corpus (path, sha256,
+                count, bytes), qlite version, chunk size
+
+The file is created under a temporary name and renamed into place, so it exists only once its
+HDF5 metadata is complete.  After that, encoding writes raw bytes into preallocated regions via
+memmaps (HDF5 metadata is never touched again): embeddings are synced to disk before
+``progress`` is advanced, so ``progress`` never claims rows that are not durable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import QliteError
+
+
+def _preallocated():
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # storage exists now, so it has a fixed file offset
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # no zero-fill of N x d floats up front
+    return dcpl
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_cache(path, ids: np.ndarray, dim: int, attrs: dict) -> None:
+    """Write an empty cache for ``len(ids)`` rows atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    n = len(ids)
+    with h5py.File(tmp, "w", libver="latest") as f:
+        f.create_dataset("embeddings", (n, dim), dtype="<f4", dcpl=_preallocated())
+        f.create_dataset("ids", data=ids)
+        f.create_dataset("progress", data=np.zeros(1, np.int64), dcpl=_preallocated())
+        f.attrs.update({k: v for k, v in attrs.items() if v is not None})
+        f.attrs["qlite_version"] = __version__
+        f.attrs["count"] = n
+        f.attrs["dim"] = dim
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+class Cache:
+    """An open cache file.  ``embeddings`` is a memmap; nothing corpus-sized is read into RAM."""
+
+    def __init__(self, path, writable=False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise QliteError(f"{self.path}: no such cache file (make one with `qlite build-cache`)")
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+                emb, prog = f["embeddings"], f["progress"]
+                self._emb_offset, self._prog_offset = emb.id.get_offset(), prog.id.get_offset()
+                self.count, self.dim = emb.shape
+        except (OSError, KeyError) as exc:
+            raise QliteError(f"{self.path}: not a qlite cache ({exc})") from None
+        if self._emb_offset is None or self._prog_offset is None:
+            raise QliteError(f"{self.path}: datasets are not contiguous; not written by qlite build-cache")
+        mode = "r+" if writable else "r"
+        self.writable = writable
+        self.progress = np.memmap(self.path, np.int64, mode, self._prog_offset, (1,))
+        self.embeddings = np.memmap(self.path, np.float32, mode, self._emb_offset, (self.count, self.dim))
+        self._ids = None
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def rows_done(self) -> int:
+        return int(self.progress[0])
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_done == self.count
+
+    def require_complete(self):
+        if not self.complete:
+            raise QliteError(f"{self.path}: cache is partial ({self.rows_done:,} / {self.count:,} rows); "
+                             "run the same `qlite build-cache` command again to finish it")
+        return self
+
+    def commit_rows(self, rows_done: int) -> None:
+        """Make rows [0, rows_done) durable, then record them (in that order)."""
+        self.embeddings.flush()
+        self.progress[0] = rows_done
+        self.progress.flush()
+
+    # -- ids --------------------------------------------------------------------------------
+    @property
+    def ids(self) -> np.ndarray:
+        """Row -> corpus id as fixed-width bytes (N x longest id; loaded on first use)."""
+        if self._ids is None:
+            with h5py.File(self.path, "r") as f:
+                self._ids = f["ids"][...]
+        return self._ids
+
+    def id_of(self, row) -> str:
+        return self.ids[row].decode("utf-8")
+
+    def rows_of(self, ids) -> np.ndarray:
+        """Rows of the given corpus ids (-1 where unknown), by binary search over sorted ids."""
+        order = self._id_order()
+        keys = np.array([i.encode("utf-8") for i in ids], dtype=self.ids.dtype) if len(ids) else \
+            np.zeros(0, self.ids.dtype)
+        pos = np.searchsorted(self.ids[order], keys)
+        pos = np.minimum(pos, len(order) - 1)
+        rows = order[pos]
+        return np.where(self.ids[rows] == keys, rows, -1)
+
+    def _id_order(self):
+        if getattr(self, "_order", None) is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        return self._order
+
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def close(self):
+        for name in ("embeddings", "progress"):
+            m = getattr(self, name, None)
+            if m is not None and self.writable:
+                m.flush()
+        self.embeddings = self.progress = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

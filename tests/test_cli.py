@@ -1,0 +1,53 @@
+from click.testing import CliRunner
+
+from qlite.cli import cli
+
+from .conftest import demo_docs, write_jsonl
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_build_info_eval_roundtrip(tmp_path, tiny_model):
+    docs = demo_docs(30)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl.gz", docs, gz=True)
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": docs[3]["title"]},
+                                                       {"_id": "q2", "text": docs[7]["title"]}])
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\t{docs[3]['_id']}\t1\nq2\t{docs[7]['_id']}\t1\n")
+
+    r = run("build-cache", corpus, "--model", tiny_model, "--quiet", "--cpu-threads", 1)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "corpus.qlite.h5"  # default name next to the corpus
+    assert out.exists() and "encoded 30 passages" in r.output
+
+    r = run("info", out)
+    assert r.exit_code == 0 and "state:   complete" in r.output and "30 x 32 float32" in r.output
+
+    r = run("eval", out, "--queries", queries, "--qrels", qrels, "-m", "ndcg@10,recall@5")
+    assert r.exit_code == 0, r.output
+    head, flat = r.output.strip().splitlines()
+    assert head.split() == ["system", "queries", "ndcg@10", "recall@5"]
+    assert flat.split()[:2] == ["flat", "2"]
+    assert 0.0 <= float(flat.split()[2]) <= 1.0
+
+
+def test_errors_are_one_line_and_nonzero(tmp_path, tiny_model):
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"_id": "a", "text": "ok"}\n{"_id": "a", "text": "again"}\n')
+    r = run("build-cache", bad, "--model", tiny_model, "--quiet")
+    assert r.exit_code == 1
+    assert r.output.strip() == f"Error: {bad}:2: duplicate _id 'a' (first seen on line 1)"
+
+    r = run("info", tmp_path / "missing.h5")
+    assert r.exit_code == 1 and "no such cache file" in r.output
+
+    r = run("eval", tmp_path / "missing.h5", "--queries", bad, "--qrels", bad, "-m", "ndcg")
+    assert r.exit_code == 1 and "Error:" in r.output
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    for cmd in ("build-cache", "info", "eval", "demo"):
+        assert cmd in r.output

@@ -1,0 +1,61 @@
+"""Regenerate qlite/data/demo/ (the sample `qlite demo` runs on) from ../shared/data/scifact.
+
+    python tools/make_demo_data.py [--data ../shared/data/scifact]
+
+Takes test queries and their relevant abstracts, plus distractor abstracts, all chosen with a
+fixed seed, so the sample is reproducible.  SciFact is CC BY-SA 4.0 in BEIR's distribution (see
+qlite/data/demo/ATTRIBUTION.md).
+"""
+import argparse
+import csv
+import gzip
+import json
+import random
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "scifact"))
+    ap.add_argument("--queries", type=int, default=60)
+    ap.add_argument("--docs", type=int, default=300)
+    args = ap.parse_args()
+    data = Path(args.data)
+    rng = random.Random(7)
+
+    with open(data / "qrels" / "test.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    qrels = {}
+    for r in rows:
+        qrels.setdefault(r["query-id"], []).append(r["corpus-id"])
+    qids = sorted(qrels, key=int)
+    chosen = sorted(rng.sample(qids, args.queries), key=int)
+    wanted_docs = {d for q in chosen for d in qrels[q]}
+
+    corpus = [json.loads(line) for line in gzip.open(data / "corpus.jsonl.gz", "rt", encoding="utf-8")]
+    others = [d for d in corpus if d["_id"] not in wanted_docs]
+    extra = {d["_id"] for d in rng.sample(others, args.docs - len(wanted_docs))}
+    keep = wanted_docs | extra
+    queries = {q["_id"]: q for q in map(json.loads, gzip.open(data / "queries.jsonl.gz", "rt", encoding="utf-8"))}
+
+    out = ROOT / "qlite" / "data" / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(out / "corpus.jsonl.gz", "wb", mtime=0) as f:
+        for d in corpus:
+            if d["_id"] in keep:
+                f.write((json.dumps({"_id": d["_id"], "title": d["title"], "text": d["text"]}) + "\n").encode())
+    with gzip.GzipFile(out / "queries.jsonl.gz", "wb", mtime=0) as f:
+        for q in chosen:
+            f.write((json.dumps({"_id": q, "text": queries[q]["text"]}) + "\n").encode())
+    with open(out / "qrels.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in chosen:
+            for d in qrels[q]:
+                f.write(f"{q}\t{d}\t1\n")
+    print(f"{len(keep)} passages, {len(chosen)} queries -> {out}")
+
+
+if __name__ == "__main__":
+    main()
