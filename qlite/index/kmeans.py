@@ -1,0 +1,158 @@
+"""k-means for the coarse quantizer and the PQ sub-quantizers.
+
+Distances use the expansion ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: the x.c products are one
+BLAS matmul per block of rows (NumPy), and the Numba kernels do the rest in one parallel pass
+(argmin per row, centroid sums with per-thread partials, empty-cluster repair).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..errors import QliteError
+
+ASSIGN_BLOCK = 16384
+
+
+@njit(parallel=True, cache=True)
+def _argmin_block(dots, x_norms, c_norms, labels, dists, start):
+    """labels/dists[start + i] = nearest centroid of row i given dots = x_block @ centroids.T."""
+    k = dots.shape[1]
+    for i in prange(dots.shape[0]):
+        best = np.inf
+        arg = 0
+        for j in range(k):
+            d = c_norms[j] - 2.0 * dots[i, j]
+            if d < best:
+                best = d
+                arg = j
+        labels[start + i] = arg
+        dists[start + i] = max(best + x_norms[i], 0.0)
+
+
+@njit(parallel=True, cache=True)
+def _centroid_sums(x, labels, k, nchunks):
+    """Per-cluster sums (float64) and counts; rows split in nchunks so threads never share a sum."""
+    n, d = x.shape
+    sums = np.zeros((nchunks, k, d))
+    counts = np.zeros((nchunks, k), np.int64)
+    for t in prange(nchunks):
+        for i in range(t * n // nchunks, (t + 1) * n // nchunks):
+            c = labels[i]
+            counts[t, c] += 1
+            for j in range(d):
+                sums[t, c, j] += x[i, j]
+    return sums.sum(0), counts.sum(0)
+
+
+@njit(cache=True)
+def _split_empty(centroids, counts, seed):
+    """Give each empty cluster half of a big cluster (chosen with probability ~ its size), as faiss does."""
+    np.random.seed(seed)
+    k, d = centroids.shape
+    n = counts.sum()
+    repaired = 0
+    for e in range(k):
+        if counts[e] > 0:
+            continue
+        # pick a cluster to split, with probability proportional to (size - 1)
+        while True:
+            r = np.random.random() * (n - k)
+            j = 0
+            while j < k - 1 and r >= counts[j] - 1:
+                r -= counts[j] - 1
+                j += 1
+            if counts[j] > 1:
+                break
+        for t in range(d):  # two mirrored perturbations of the same centroid
+            eps = 1.0 / 1024.0 if t % 2 == 0 else -1.0 / 1024.0
+            centroids[e, t] = centroids[j, t] * (1.0 + eps)
+            centroids[j, t] = centroids[j, t] * (1.0 - eps)
+        counts[e] = counts[j] // 2
+        counts[j] -= counts[e]
+        repaired += 1
+    return repaired
+
+
+@njit(parallel=True, cache=True)
+def _min_dist_update(x, center, mind):
+    for i in prange(x.shape[0]):
+        s = 0.0
+        for j in range(x.shape[1]):
+            t = x[i, j] - center[j]
+            s += t * t
+        if s < mind[i]:
+            mind[i] = s
+
+
+def assign(x, centroids, c_norms=None, block=ASSIGN_BLOCK):
+    """Nearest centroid (squared L2) of each row: (labels int64 [n], squared distances float32 [n])."""
+    x = np.asarray(x, np.float32)
+    centroids = np.ascontiguousarray(centroids, np.float32)
+    if c_norms is None:
+        c_norms = (centroids * centroids).sum(1)
+    n = len(x)
+    labels = np.empty(n, np.int64)
+    dists = np.empty(n, np.float32)
+    for s in range(0, n, block):
+        xb = np.ascontiguousarray(x[s:s + block])
+        _argmin_block(xb @ centroids.T, (xb * xb).sum(1), c_norms, labels, dists, s)
+    return labels, dists
+
+
+def kmeans_plusplus(x, k, rng):
+    """D^2 sampling (Arthur & Vassilvitskii); worth it for small k such as PQ's 256."""
+    n = len(x)
+    centers = np.empty((k, x.shape[1]), np.float32)
+    centers[0] = x[rng.integers(n)]
+    mind = np.full(n, np.inf, np.float64)
+    for c in range(1, k):
+        _min_dist_update(x, centers[c - 1], mind)
+        total = mind.sum()
+        idx = rng.integers(n) if total <= 0 else int(np.searchsorted(np.cumsum(mind), rng.random() * total))
+        centers[c] = x[min(idx, n - 1)]
+    return centers
+
+
+def sample_rows(n, k, max_points_per_centroid, rng):
+    """Training subsample (sorted, for memmap locality): at most k * max_points_per_centroid rows."""
+    cap = k * max_points_per_centroid
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(rng.choice(n, cap, replace=False))
+
+
+def kmeans(x, k, niter=25, seed=1234, init="random", max_points_per_centroid=256, return_objective=False):
+    """Lloyd's k-means.  Returns centroids [k, d] float32 (and the objective after each iteration).
+
+    ``x`` may be a memmap: only the training subsample is read into memory.
+    """
+    n = len(x)
+    if k < 1:
+        raise QliteError(f"k-means needs k >= 1 (got {k})")
+    if n < k:
+        raise QliteError(f"k-means needs at least as many points as centroids ({n} < {k})")
+    rng = np.random.default_rng(seed)
+    rows = sample_rows(n, k, max_points_per_centroid, rng)
+    xt = np.ascontiguousarray(x[rows] if len(rows) < n else x[:], np.float32)
+    if init == "kmeans++":
+        centroids = kmeans_plusplus(xt, k, rng)
+    elif init == "random":
+        centroids = xt[np.sort(rng.choice(len(xt), k, replace=False))].copy()
+    else:
+        raise QliteError(f"unknown k-means init {init!r} (random or kmeans++)")
+    chunks = max(1, min(64, len(xt) // 4096))
+    objective = []
+    for it in range(niter):
+        labels, dists = assign(xt, centroids)
+        objective.append(float(dists.astype(np.float64).sum()))
+        sums, counts = _centroid_sums(xt, labels, k, chunks)
+        nonempty = counts > 0
+        centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+        if not nonempty.all():
+            _split_empty(centroids, counts, seed + it)
+    if return_objective:
+        _, dists = assign(xt, centroids)
+        objective.append(float(dists.astype(np.float64).sum()))
+        return centroids, objective
+    return centroids

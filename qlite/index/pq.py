@@ -1,0 +1,58 @@
+"""Product quantization: M sub-spaces x 2^nbits centroids each, codes as uint8 [n, M]."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..errors import QliteError
+from .kmeans import assign, kmeans
+
+
+@njit(parallel=True, cache=True)
+def decode_codes(codes, codebooks):
+    """Vectors [n, M * dsub] from codes [n, M] and codebooks [M, ksub, dsub]."""
+    n, M = codes.shape
+    dsub = codebooks.shape[2]
+    out = np.empty((n, M * dsub), np.float32)
+    for i in prange(n):
+        for m in range(M):
+            c = codebooks[m, codes[i, m]]
+            for t in range(dsub):
+                out[i, m * dsub + t] = c[t]
+    return out
+
+
+class ProductQuantizer:
+    def __init__(self, d: int, M: int, nbits: int = 8):
+        if M < 1 or d % M:
+            raise QliteError(f"--m must divide the dimension: {d} is not a multiple of {M}")
+        if not 1 <= nbits <= 8:
+            raise QliteError(f"--nbits must be between 1 and 8 (got {nbits})")
+        self.d, self.M, self.nbits = d, M, nbits
+        self.dsub, self.ksub = d // M, 1 << nbits
+        self.codebooks = np.zeros((M, self.ksub, self.dsub), np.float32)
+
+    def sub(self, x, m):
+        return np.ascontiguousarray(x[:, m * self.dsub:(m + 1) * self.dsub], np.float32)
+
+    def train(self, x, niter=25, seed=1234, max_points_per_centroid=256):
+        if len(x) < self.ksub:
+            raise QliteError(f"PQ training needs at least {self.ksub} vectors (got {len(x)})")
+        for m in range(self.M):
+            self.codebooks[m] = kmeans(self.sub(x, m), self.ksub, niter=niter, seed=seed + m, init="kmeans++",
+                                       max_points_per_centroid=max_points_per_centroid)
+        return self
+
+    def encode(self, x) -> np.ndarray:
+        codes = np.empty((len(x), self.M), np.uint8)
+        for m in range(self.M):
+            codes[:, m] = assign(self.sub(x, m), self.codebooks[m])[0]
+        return codes
+
+    def decode(self, codes) -> np.ndarray:
+        return decode_codes(np.ascontiguousarray(codes, np.uint8), self.codebooks)
+
+    def lut_ip(self, q) -> np.ndarray:
+        """lut[i, m, j] = <q_i restricted to sub-space m, codeword j of sub-space m>, [nq, M, ksub]."""
+        qs = np.asarray(q, np.float32).reshape(len(q), self.M, 1, self.dsub)
+        return np.ascontiguousarray(np.matmul(qs, self.codebooks.transpose(0, 2, 1)[None])[:, :, 0, :])
