@@ -157,5 +157,6 @@ def test_bad_index_parameters(data):
 
 def test_default_parameters():
     p = IVFPQParams.defaults_for(5183, 384)
-    assert p.m == 24 and p.nlist == 256 and p.bytes_per_vector == 24
+    assert p.m == 24 and p.nlist == 128 and p.bytes_per_vector == 24  # 4 sqrt(N) = 288, capped at N / 39
     assert IVFPQParams.defaults_for(1_000_000, 384).nlist == 4096
+    assert IVFPQParams.defaults_for(100, 384).nlist == 2

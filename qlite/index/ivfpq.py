@@ -36,8 +36,9 @@ class IVFPQParams:
     @classmethod
     def defaults_for(cls, n: int, dim: int, **overrides) -> "IVFPQParams":
         """nlist ~ 4 sqrt(N) (a power of two, at most N / 39 so k-means has data), M = d / 16 (64x)."""
-        nlist = 1 << max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
-        nlist = max(1, min(nlist, n // 39 or 1))
+        # faiss warns below 39 training points per centroid: stay above it on small corpora
+        log2 = min(round(math.log2(max(1.0, 4 * math.sqrt(n)))), int(math.log2(max(1, n // 39))))
+        nlist = 1 << max(0, log2)
         m = dim // 16 if dim % 16 == 0 and dim >= 16 else next(m for m in range(min(dim, 64), 0, -1) if dim % m == 0)
         values = {"dim": dim, "nlist": nlist, "m": m}
         values.update({k: v for k, v in overrides.items() if v is not None})
