@@ -86,21 +86,83 @@ def info_cmd(cache_path):
         click.echo(f"{key + ':':8} {value}")
 
 
+@cli.group("index")
+def index_group():
+    """Build and inspect the IVF-PQ index of a cache."""
+
+
+@index_group.command("build")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Index file (default: next to the cache, CACHE name + .ivfpq.h5).")
+@click.option("--nlist", type=click.IntRange(min=1), default=None, help="Inverted lists (default ~4 sqrt(N)).")
+@click.option("--m", "m", type=click.IntRange(min=1), default=None, help="PQ sub-spaces (default d/16: 64x smaller).")
+@click.option("--nbits", type=click.IntRange(1, 8), default=None, help="Bits per sub-space code (default 8).")
+@click.option("--opq/--no-opq", default=None, help="Learn an OPQ rotation (default on).")
+@click.option("--metric", type=click.Choice(["ip", "l2"]), default=None, help="Default ip (inner product).")
+@click.option("--niter", type=click.IntRange(min=1), default=None, help="k-means iterations (default 25).")
+@click.option("--seed", type=int, default=None)
+@threads_option
+@quiet_option
+@user_errors
+def index_build_cmd(cache_path, out, nlist, m, nbits, opq, metric, niter, seed, threads, quiet):
+    """Train IVF-PQ on the cache and encode every passage into it."""
+    from .indexing import build_index
+
+    result = build_index(cache_path, out, nlist=nlist, m=m, nbits=nbits, opq=opq, metric=metric, niter=niter,
+                         seed=seed, threads=threads, quiet=quiet)
+    click.echo(result.summary())
+
+
+@cli.command("search")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@click.argument("text", required=False)
+@click.option("--queries", type=click.Path(dir_okay=False), default=None, help="BEIR queries.jsonl[.gz] to run.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("--nprobe", type=int, default=16, show_default=True, help="Inverted lists scanned per query.")
+@click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Rescore this many IVF-PQ candidates exactly from the float cache.")
+@click.option("--flat", is_flag=True, help="Exact search over the cache instead of the index.")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Write a TREC run file.")
+@threads_option
+@user_errors
+def search_cmd(cache_path, text, queries, k, nprobe, rerank, flat, index_path, out, threads):
+    """Search with a query TEXT, or run a --queries file (optionally into a TREC run file)."""
+    from .cache import Cache
+    from .search import format_hits, queries_from, search, write_trec
+
+    if k <= 0:
+        raise QliteError(f"-k must be positive (got {k})")
+    results = search(cache_path, queries_from(text, queries), k=k, nprobe=nprobe, rerank=rerank, flat=flat,
+                     threads=threads, index_path=index_path)
+    if out:
+        write_trec(results, out)
+        click.echo(f"wrote {sum(map(len, results.values())):,} results for {len(results):,} queries to {out}")
+    else:
+        click.echo(format_hits(Cache(cache_path), results))
+
+
 @cli.command("eval")
 @click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
 @click.option("--queries", required=True, type=click.Path(dir_okay=False), help="BEIR queries.jsonl[.gz].")
 @click.option("--qrels", required=True, type=click.Path(dir_okay=False), help="Qrels TSV (query-id, corpus-id, score).")
 @click.option("--metrics", "-m", default=",".join(DEFAULT_METRICS), show_default=True,
               help="Comma-separated: ndcg@K, recall@K, mrr@K, map@K, precision@K.")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+              help="IVF-PQ index to evaluate too (default: CACHE's own, if built).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True)
 @model_option
 @threads_option
 @user_errors
-def eval_cmd(cache_path, queries, qrels, metrics, model_dir, threads):
-    """Encode the queries and report retrieval metrics (exact search over the cache)."""
+def eval_cmd(cache_path, queries, qrels, metrics, index_path, nprobe, rerank, model_dir, threads):
+    """Encode the queries and report metrics: exact search over the cache and the IVF-PQ index."""
     from .evaluate import evaluate
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    report = evaluate(cache_path, queries, qrels, names, threads=threads, model_dir=model_dir)
+    report = evaluate(cache_path, queries, qrels, names, threads=threads, model_dir=model_dir,
+                      index_path=index_path, nprobe=nprobe, rerank=rerank)
     click.echo(report.table())
 
 

@@ -9,6 +9,8 @@ from .encoder.encoder import Encoder
 from .encoder.model_dir import resolve_model
 from .errors import QliteError
 from .index.flat import flat_search
+from .indexing import open_index
+from .threads import set_threads
 from .metrics import DEFAULT_METRICS, evaluate_run, parse_metric
 
 
@@ -49,8 +51,10 @@ class EvalReport:
 
 
 def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, threads=None, model_dir=None,
-             batch_size=64) -> EvalReport:
+             batch_size=64, index_path=None, nprobe=16, rerank=0) -> EvalReport:
+    """Flat search over the cache and, when an index exists, IVF-PQ search, side by side."""
     metrics = tuple(metrics)
+    set_threads(threads)
     depth = max(parse_metric(m)[1] for m in metrics)
     cache = Cache(cache_path).require_complete()
     queries = load_queries(queries_path)
@@ -64,5 +68,12 @@ def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, thre
     _, rows = flat_search(cache.embeddings, q, depth)
     means, _ = evaluate_run(rows_to_run(cache, qids, rows), judged, metrics)
     report.rows.append(("flat", means))
+    index = open_index(cache, index_path, required=index_path is not None)
+    if index is not None:
+        _, rows = index.search(q, depth, nprobe=nprobe, rerank=rerank, source=cache.embeddings)
+        means, _ = evaluate_run(rows_to_run(cache, qids, rows), judged, metrics)
+        p = index.params
+        name = f"ivfpq nlist={p.nlist} m={p.m}{' opq' if p.opq else ''} nprobe={min(nprobe, p.nlist)}"
+        report.rows.append((name + (f" rerank={rerank}" if rerank else ""), means))
     return report
 
