@@ -51,3 +51,46 @@ def test_help_lists_commands():
     r = run("--help")
     for cmd in ("build-cache", "info", "eval", "demo"):
         assert cmd in r.output
+
+
+def test_index_build_search_trec_and_eval_columns(tmp_path, tiny_model):
+    docs = demo_docs(300)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": f"q{i}", "text": docs[i]["title"]} for i in range(0, 60, 6)])
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{docs[i]['_id']}\t1\n" for i in range(0, 60, 6)))
+    assert run("build-cache", corpus, "--model", tiny_model, "--quiet").exit_code == 0
+    cache = tmp_path / "corpus.qlite.h5"
+
+    r = run("search", cache, "anything")
+    assert r.exit_code == 1 and "qlite index build" in r.output  # no index yet: says how to make one
+
+    r = run("index", "build", cache, "--nlist", 4, "--m", 8, "--niter", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "nlist 4, M 8 x 8 bit, OPQ" in r.output and "16x smaller" in r.output
+    assert (tmp_path / "corpus.qlite.ivfpq.h5").exists()
+
+    r = run("search", cache, docs[6]["title"], "-k", 3)
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "1"
+    titles = {d["_id"]: d["title"] for d in docs}
+    for line in lines:  # rank, score, id, then the snippet read back from the corpus file
+        assert titles[line.split()[2]][:20] in line
+
+    run_file = tmp_path / "run.trec"
+    r = run("search", cache, "--queries", queries, "-k", 5, "--out", run_file, "--nprobe", 4)
+    assert r.exit_code == 0 and "50 results for 10 queries" in r.output
+    first = run_file.read_text().splitlines()[0].split()
+    assert first[0] == "q0" and first[1] == "Q0" and first[3] == "1" and first[5] == "qlite"
+
+    r = run("eval", cache, "--queries", queries, "--qrels", qrels, "--nprobe", 4, "-m", "recall@10")
+    assert r.exit_code == 0, r.output
+    names = [line.split()[0] for line in r.output.strip().splitlines()[1:]]
+    assert names == ["flat", "ivfpq"]
+
+    for bad, msg in [(["--m", 7], "--m 7 must divide"), (["--nlist", 9999], "--nlist 9999")]:
+        r = run("index", "build", cache, *bad, "--quiet")
+        assert r.exit_code == 1 and msg in r.output
+    r = run("search", cache, "x", "-k", 0)
+    assert r.exit_code == 1 and "-k must be positive" in r.output

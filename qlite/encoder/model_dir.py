@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -196,6 +197,8 @@ def int8_model_dir(src: Path) -> Path:
             meta = {"name": src.resolve().name, "pooling": pooling, "normalize": normalize,
                     "max_length": max_length or 512}
             (tmp / "qlite_model.json").write_text(json.dumps(meta))
+        # onnxruntime logs a pre-processing hint at WARNING on the root logger; it does not apply here
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
         quantize_dynamic(str(src / "model.onnx"), str(tmp / "model.onnx"), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
                          # AVX2 without VNNI can saturate u8s8 products: 7-bit weights avoid it
