@@ -80,6 +80,7 @@ class Cache:
         self.progress = np.memmap(self.path, np.int64, mode, self._prog_offset, (1,))
         self.embeddings = np.memmap(self.path, np.float32, mode, self._emb_offset, (self.count, self.dim))
         self._ids = None
+        self._order = None  # argsort of ids, for id -> row look-ups
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -117,15 +118,16 @@ class Cache:
     def rows_of(self, ids) -> np.ndarray:
         """Rows of the given corpus ids (-1 where unknown), by binary search over sorted ids."""
         order = self._id_order()
-        keys = np.array([i.encode("utf-8") for i in ids], dtype=self.ids.dtype) if len(ids) else \
-            np.zeros(0, self.ids.dtype)
-        pos = np.searchsorted(self.ids[order], keys)
-        pos = np.minimum(pos, len(order) - 1)
+        raw = [i.encode("utf-8") for i in ids]
+        # a key longer than the widest id can match nothing (and must not be truncated into a match)
+        fits = np.array([len(b) <= self.ids.dtype.itemsize for b in raw], bool)
+        keys = np.array(raw or [b""], dtype=self.ids.dtype)[:len(raw)]
+        pos = np.minimum(np.searchsorted(self.ids[order], keys), len(order) - 1)
         rows = order[pos]
-        return np.where(self.ids[rows] == keys, rows, -1)
+        return np.where((self.ids[rows] == keys) & fits, rows, -1)
 
     def _id_order(self):
-        if getattr(self, "_order", None) is None:
+        if self._order is None:
             self._order = np.argsort(self.ids, kind="stable")
         return self._order
 

@@ -34,6 +34,7 @@ def test_build_matches_direct_encoding_and_records_metadata(tmp_path, tiny_model
         assert a["model_normalize"] and a["max_length"] == 128 and a["count"] == 40
         assert len(a["corpus_sha256"]) == 64 and a["corpus_path"].endswith("corpus.jsonl")
         assert list(c.rows_of([docs[5]["_id"], "nope", docs[0]["_id"]])) == [5, -1, 0]
+        assert list(c.rows_of([docs[5]["_id"] + "x" * 40])) == [-1]  # never truncated into a match
     with h5py.File(out, "r") as f:  # contiguous, so it can be memory-mapped at its offset
         assert f["embeddings"].chunks is None and f["embeddings"].id.get_offset() is not None
 

@@ -1,21 +1,14 @@
 """Text -> normalised embedding with onnxruntime and a Hugging Face ``tokenizers`` tokenizer."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import QliteError
+from ..threads import default_threads
 from .bert import pool
 from .model_dir import ModelSpec, resolve_model
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
