@@ -100,7 +100,7 @@ def index_group():
 @click.option("--nbits", type=click.IntRange(1, 8), default=None, help="Bits per sub-space code (default 8).")
 @click.option("--opq/--no-opq", default=None, help="Learn an OPQ rotation (default on).")
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default=None, help="Default ip (inner product).")
-@click.option("--niter", type=click.IntRange(min=1), default=None, help="k-means iterations (default 25).")
+@click.option("--niter", type=click.IntRange(min=1), default=None, help="Coarse k-means iterations (default 10).")
 @click.option("--seed", type=int, default=None)
 @threads_option
 @quiet_option

@@ -29,7 +29,8 @@ class IVFPQParams:
     nbits: int = 8
     metric: str = "ip"
     opq: bool = True
-    niter: int = 25
+    niter: int = 10  # coarse k-means iterations (faiss IndexIVF's default)
+    pq_niter: int = 25  # k-means iterations per PQ sub-space (faiss ProductQuantizer's default)
     seed: int = 1234
     max_points_per_centroid: int = 256
 
@@ -100,11 +101,11 @@ class IVFPQIndex:
         x = np.ascontiguousarray(source[rows], np.float32)
         residuals = x - self.coarse[assign(x, self.coarse)[0]]
         if p.opq:
-            self.rotation = train_opq(residuals, self.pq, seed=p.seed, final_niter=p.niter)
+            self.rotation = train_opq(residuals, self.pq, seed=p.seed, final_niter=p.pq_niter)
             self.coarse = self.coarse @ self.rotation
         else:
             self.rotation = None
-            self.pq.train(residuals, niter=p.niter, seed=p.seed)
+            self.pq.train(residuals, niter=p.pq_niter, seed=p.seed)
         return self
 
     # -- adding / updating --------------------------------------------------------------------
