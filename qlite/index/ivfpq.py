@@ -110,10 +110,10 @@ class IVFPQIndex:
 
     # -- adding / updating --------------------------------------------------------------------
     def _encode(self, x_rot):
-        # a vector goes to the list a query would probe for it: nearest centroid by L2, or by
-        # largest inner product for "ip" (zero centroid norms turn the L2 argmin into an IP argmax)
-        c_norms = None if self.params.metric == "l2" else np.zeros(len(self.coarse), np.float32)
-        labels, _ = assign(x_rot, self.coarse, c_norms)
+        # Lists are the L2 cells of the L2-trained centroids, for both metrics.  Assigning by largest
+        # inner product instead sends points to high-norm centroids: on 1M synthetic vectors that made
+        # the lists 4.7x unbalanced and every query scanned 3x the codes.
+        labels, _ = assign(x_rot, self.coarse)
         return labels.astype(np.int32), self.pq.encode(x_rot - self.coarse[labels])
 
     def add(self, source, block=ADD_BLOCK, on_block=None):
@@ -182,17 +182,16 @@ class IVFPQIndex:
         q = np.ascontiguousarray(self.rotate(np.atleast_2d(queries)), np.float32)
         nprobe = min(nprobe, self.params.nlist)
         depth = max(k, rerank)
-        if self.params.metric == "ip":
-            coarse_scores = q @ self.coarse.T
-        else:
-            coarse_scores = 2 * q @ self.coarse.T - (self.coarse * self.coarse).sum(1)[None]
+        dots = q @ self.coarse.T
         if nprobe < self.params.nlist:
-            probes = np.argpartition(-coarse_scores, nprobe - 1, axis=1)[:, :nprobe]
+            # probe the L2 cells nearest to q (the cells vectors were assigned to)
+            closeness = 2 * dots - self._coarse_norms()[None]
+            probes = np.argpartition(-closeness, nprobe - 1, axis=1)[:, :nprobe]
         else:
-            probes = np.broadcast_to(np.arange(self.params.nlist), coarse_scores.shape)
+            probes = np.broadcast_to(np.arange(self.params.nlist), dots.shape)
         probes = np.ascontiguousarray(probes, np.int64)
         if self.params.metric == "ip":
-            base = np.ascontiguousarray(np.take_along_axis(coarse_scores, probes, 1), np.float32)
+            base = np.ascontiguousarray(np.take_along_axis(dots, probes, 1), np.float32)
             scores, rows = scan_ip(self.pq.lut_ip(q), base, probes, self.offsets, self.codes, self.list_rows, depth)
         else:
             scores, rows = scan_l2(q, self.coarse, probes, self.offsets, self.codes, self.list_rows,
@@ -200,6 +199,11 @@ class IVFPQIndex:
         if rerank and source is not None:
             scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
         return scores[:, :k], rows[:, :k]
+
+    def _coarse_norms(self):
+        if getattr(self, "_norms_of", None) is not self.coarse:
+            self._norms, self._norms_of = (self.coarse * self.coarse).sum(1), self.coarse
+        return self._norms
 
     def memory_bytes(self) -> int:
         arrays = [self.codes, self.offsets, self.list_rows, self.row_list, self.row_slot, self.coarse,

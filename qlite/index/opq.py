@@ -15,12 +15,14 @@ def train_opq(x, pq: ProductQuantizer, n_outer=8, pq_niter=8, seed=1234, final_n
     rng = np.random.default_rng(seed)
     # a random orthogonal start avoids sub-spaces that are degenerate in the original axes
     R = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-    x64 = x.astype(np.float64)
     for it in range(n_outer):
         y = x @ R
         pq.train(y, niter=pq_niter, seed=seed + 97 * it)
-        y_hat = pq.decode(pq.encode(y)).astype(np.float64)
-        u, _, vt = np.linalg.svd(x64.T @ y_hat)
+        y_hat = pq.decode(pq.encode(y))
+        del y
+        # only the d x d product needs float64 (for the SVD); no float64 copies of the sample
+        u, _, vt = np.linalg.svd((x.T @ y_hat).astype(np.float64))
+        del y_hat
         R = (u @ vt).astype(np.float32)
     pq.train(x @ R, niter=final_niter, seed=seed)
     return R

@@ -91,7 +91,8 @@ def scan_ip(lut, base, probes, offsets, codes, list_rows, k):
                 s = b
                 for m in range(M):
                     s += lq[m, codes[i, m]]
-                if size < k or _worse(hs[0], hr[0], s, list_rows[i]):
+                # most codes lose to the heap's worst on score alone: only then read the row id
+                if size < k or (s >= hs[0] and _worse(hs[0], hr[0], s, list_rows[i])):
                     size = heap_offer(hs, hr, size, s, list_rows[i])
         heap_sort_desc(hs, hr, size)
     return out_s, out_r
@@ -125,7 +126,7 @@ def scan_l2(q, coarse, probes, offsets, codes, list_rows, codebooks, k):
                 for m in range(M):
                     s += lut[m, codes[i, m]]
                 s = -s
-                if size < k or _worse(hs[0], hr[0], s, list_rows[i]):
+                if size < k or (s >= hs[0] and _worse(hs[0], hr[0], s, list_rows[i])):
                     size = heap_offer(hs, hr, size, s, list_rows[i])
         heap_sort_desc(hs, hr, size)
     return out_s, out_r
