@@ -20,7 +20,6 @@ class IndexBuildResult:
     rows: int
     train_s: float
     add_s: float
-    index_bytes: int
     float_bytes: int
 
     def summary(self) -> str:
@@ -52,8 +51,7 @@ def build_index(cache_path, out=None, *, nlist=None, m=None, nbits=None, opq=Non
         index.add(cache.embeddings, on_block=bar.update)
     t2 = time.perf_counter()
     save_index(index, out, extra_attrs=cache_identity(cache))
-    return IndexBuildResult(out, params, index.ntotal, t1 - t0, t2 - t1, index.memory_bytes(),
-                            cache.count * cache.dim * 4)
+    return IndexBuildResult(out, params, index.ntotal, t1 - t0, t2 - t1, cache.count * cache.dim * 4)
 
 
 def cache_identity(cache: Cache) -> dict:

@@ -134,11 +134,14 @@ class IVFPQIndex:
     def _layout(self, codes_by_row, row_list):
         self.offsets, order = counting_sort_lists(row_list, self.params.nlist)
         self.codes = gather_rows_u8(codes_by_row, order)
-        self.list_rows = order
-        self.row_list = row_list
+        self.set_lists(order, row_list)
+
+    def set_lists(self, list_rows, row_list):
+        """Install the list layout and derive where each row's code lives."""
+        self.list_rows, self.row_list = list_rows, row_list
         self.row_slot = np.full(len(row_list), -1, np.int64)
-        self.row_slot[order] = np.arange(len(order))
-        self.ntotal = len(order)
+        self.row_slot[list_rows] = np.arange(len(list_rows))
+        self.ntotal = len(list_rows)
 
     def update(self, rows, vectors):
         """Re-encode changed rows.  Rows staying in their list are rewritten in place (cost ~ rows
@@ -185,7 +188,7 @@ class IVFPQIndex:
         dots = q @ self.coarse.T
         if nprobe < self.params.nlist:
             # probe the L2 cells nearest to q (the cells vectors were assigned to)
-            closeness = 2 * dots - self._coarse_norms()[None]
+            closeness = 2 * dots - (self.coarse * self.coarse).sum(1)[None]
             probes = np.argpartition(-closeness, nprobe - 1, axis=1)[:, :nprobe]
         else:
             probes = np.broadcast_to(np.arange(self.params.nlist), dots.shape)
@@ -199,16 +202,6 @@ class IVFPQIndex:
         if rerank and source is not None:
             scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
         return scores[:, :k], rows[:, :k]
-
-    def _coarse_norms(self):
-        if getattr(self, "_norms_of", None) is not self.coarse:
-            self._norms, self._norms_of = (self.coarse * self.coarse).sum(1), self.coarse
-        return self._norms
-
-    def memory_bytes(self) -> int:
-        arrays = [self.codes, self.offsets, self.list_rows, self.row_list, self.row_slot, self.coarse,
-                  self.pq.codebooks] + ([self.rotation] if self.rotation is not None else [])
-        return int(sum(a.nbytes for a in arrays))
 
     def describe(self) -> dict:
         return asdict(self.params)

@@ -64,8 +64,7 @@ def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
         index.pq.codebooks = f["codebooks"][...]
         index.rotation = f["rotation"][...] if "rotation" in f else None
         index.offsets = f["offsets"][...]
-        index.list_rows = f["list_rows"][...]
-        index.row_list = f["row_list"][...]
+        index.set_lists(f["list_rows"][...], f["row_list"][...])
         codes = f["codes"]
         offset = codes.id.get_offset()
         shape = codes.shape
@@ -73,7 +72,4 @@ def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
             index.codes = codes[...]
     if mmap and offset is not None and shape[0] > 0:
         index.codes = np.memmap(path, np.uint8, "r", offset, shape)
-    index.ntotal = len(index.list_rows)
-    index.row_slot = np.full(len(index.row_list), -1, np.int64)
-    index.row_slot[index.list_rows] = np.arange(len(index.list_rows))
     return index, attrs

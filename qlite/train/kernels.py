@@ -45,17 +45,17 @@ def softmax_ce_grad(q, cand, target, mask, tau):
     grad_q = np.zeros((B, d), np.float32)
     for b in prange(B):
         for c in range(C):
-            w = g[b, c]
+            w = g[b, c] / tau
             if w != 0.0:
                 for t in range(d):
-                    grad_q[b, t] += w * cand[c, t] / tau
+                    grad_q[b, t] += w * cand[c, t]
     grad_cand = np.zeros((C, d), np.float32)
     for c in prange(C):  # one thread per candidate row: no two threads write the same row
         for b in range(B):
-            w = g[b, c]
+            w = g[b, c] / tau
             if w != 0.0:
                 for t in range(d):
-                    grad_cand[c, t] += w * q[b, t] / tau
+                    grad_cand[c, t] += w * q[b, t]
     return losses.mean(), grad_q, grad_cand
 
 
