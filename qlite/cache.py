@@ -8,6 +8,11 @@ Layout (all datasets contiguous and allocated when the file is created):
 attributes      model (name, sha256, dim, pooling, normalize, max_length) and corpus (path, sha256,
                 count, bytes), qlite version, chunk size
 
+``qlite train`` adds (once, by rewriting the file atomically, see :func:`add_training_datasets`):
+``head_weight`` d x d and ``head_bias`` d (the query head, identity until trained), ``adam_m`` /
+``adam_v`` N x d and ``adam_steps`` N (each passage's optimiser state follows the passage), and
+``best_embeddings`` N x d (rows of the best dev checkpoint, for early stopping).
+
 The file is created under a temporary name and renamed into place, so it exists only once its
 HDF5 metadata is complete.  After that, encoding writes raw bytes into preallocated regions via
 memmaps (HDF5 metadata is never touched again): embeddings are synced to disk before
@@ -40,6 +45,9 @@ def fsync_path(path):
         os.close(fd)
 
 
+TRAINING_DATASETS = ("head_weight", "head_bias", "adam_m", "adam_v", "adam_steps", "best_embeddings")
+
+
 def create_cache(path, ids: np.ndarray, dim: int, attrs: dict) -> None:
     """Write an empty cache for ``len(ids)`` rows atomically (temp file + fsync + rename)."""
     path = Path(path)
@@ -68,19 +76,43 @@ class Cache:
         try:
             with h5py.File(self.path, "r") as f:
                 self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
-                emb, prog = f["embeddings"], f["progress"]
-                self._emb_offset, self._prog_offset = emb.id.get_offset(), prog.id.get_offset()
-                self.count, self.dim = emb.shape
+                # where each contiguous dataset lives in the file: all of them open as memmaps
+                self._layout = {name: (ds.id.get_offset(), ds.shape, ds.dtype) for name, ds in f.items()
+                                if isinstance(ds, h5py.Dataset) and name != "ids"}
+                self.count, self.dim = f["embeddings"].shape
         except (OSError, KeyError) as exc:
             raise QliteError(f"{self.path}: not a qlite cache ({exc})") from None
-        if self._emb_offset is None or self._prog_offset is None:
+        if any(self._layout.get(n, (None,))[0] is None for n in ("embeddings", "progress")):
             raise QliteError(f"{self.path}: datasets are not contiguous; not written by qlite build-cache")
-        mode = "r+" if writable else "r"
         self.writable = writable
-        self.progress = np.memmap(self.path, np.int64, mode, self._prog_offset, (1,))
-        self.embeddings = np.memmap(self.path, np.float32, mode, self._emb_offset, (self.count, self.dim))
+        self.progress = self.array("progress")
+        self.embeddings = self.array("embeddings")
         self._ids = None
         self._order = None  # argsort of ids, for id -> row look-ups
+
+    def array(self, name, writable=None) -> np.memmap:
+        """A dataset of the file as a memmap (read-only unless the cache was opened writable)."""
+        offset, shape, dtype = self._layout[name]
+        mode = "r+" if (self.writable if writable is None else writable) else "r"
+        return np.memmap(self.path, dtype, mode, offset, shape)
+
+    @property
+    def trainable(self) -> bool:
+        return all(n in self._layout for n in TRAINING_DATASETS)
+
+    def head(self):
+        """(weight [d, d], bias [d]) of the trained query head, or None before ``qlite train``."""
+        if not self.trainable:
+            return None
+        return np.array(self.array("head_weight", False)), np.array(self.array("head_bias", False))
+
+    def apply_head(self, q: np.ndarray) -> np.ndarray:
+        """Query embeddings as the index sees them: q W + b once a head is trained, else unchanged."""
+        head = self.head()
+        if head is None:
+            return q
+        w, b = head
+        return (np.asarray(q, np.float32) @ w + b).astype(np.float32)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -146,6 +178,43 @@ class Cache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def add_training_datasets(path, block_rows=65536) -> None:
+    """Give a complete cache the datasets ``qlite train`` needs.
+
+    HDF5 metadata must not change in place (a crash mid-write could leave the file unopenable), so
+    the cache is rewritten under a temporary name, embeddings streamed block by block, and renamed
+    into place.  Done once per cache; costs one copy of the embeddings.
+    """
+    src = Cache(path).require_complete()
+    if src.trainable:
+        return
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    n, d = src.count, src.dim
+    with h5py.File(tmp, "w", libver="latest") as f:
+        for name, shape, dtype in (("embeddings", (n, d), "<f4"), ("best_embeddings", (n, d), "<f4"),
+                                   ("adam_m", (n, d), "<f4"), ("adam_v", (n, d), "<f4"),
+                                   ("adam_steps", (n,), "<i4"), ("head_weight", (d, d), "<f4"),
+                                   ("head_bias", (d,), "<f4"), ("progress", (1,), "<i8")):
+            f.create_dataset(name, shape, dtype=dtype, dcpl=_preallocated())
+        f.create_dataset("ids", data=src.ids)
+        f.attrs.update(src.attrs)
+        f["progress"][...] = src.progress
+        f["head_weight"][...] = np.eye(d, dtype=np.float32)
+        f["head_bias"][...] = 0
+        f["adam_steps"][...] = 0
+        for s in range(0, n, block_rows):  # zero moments; best = current, block by block
+            block = np.asarray(src.embeddings[s:s + block_rows])
+            f["embeddings"][s:s + len(block)] = block
+            f["best_embeddings"][s:s + len(block)] = block
+            f["adam_m"][s:s + len(block)] = 0
+            f["adam_v"][s:s + len(block)] = 0
+    src.close()
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def _plain(v):

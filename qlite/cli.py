@@ -10,6 +10,7 @@ import click
 from . import __version__
 from .errors import QliteError
 from .metrics import DEFAULT_METRICS
+from .train.config import TrainConfig
 
 threads_option = click.option("--cpu-threads", "threads", type=click.IntRange(min=1), default=None,
                               help="Threads for encoding and search (default: all cores).")
@@ -164,6 +165,48 @@ def eval_cmd(cache_path, queries, qrels, metrics, index_path, nprobe, rerank, mo
     report = evaluate(cache_path, queries, qrels, names, threads=threads, model_dir=model_dir,
                       index_path=index_path, nprobe=nprobe, rerank=rerank)
     click.echo(report.table())
+
+
+@cli.command("train")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@click.option("--queries", required=True, type=click.Path(dir_okay=False), help="BEIR queries.jsonl[.gz].")
+@click.option("--qrels", required=True, type=click.Path(dir_okay=False), help="Training qrels TSV.")
+@click.option("--dev-qrels", type=click.Path(dir_okay=False), default=None,
+              help="Dev qrels for early stopping (default: hold back --dev-fraction of the training queries).")
+@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True,
+              help="Passes over the training queries (one positive per query per pass).")
+@click.option("--steps", type=click.IntRange(min=0), default=0, help="Train this many steps instead of --epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=TrainConfig.k, show_default=True,
+              help="Negatives mined from the index per query (shared across the batch).")
+@click.option("--budget", type=click.IntRange(min=0), default=0, help="Cap on candidates per step (default B*k).")
+@click.option("--tau", type=float, default=TrainConfig.tau, show_default=True, help="Softmax temperature.")
+@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, help="Learning rate of the embeddings.")
+@click.option("--head-lr", type=float, default=TrainConfig.head_lr, show_default=True)
+@click.option("--warmup", type=float, default=TrainConfig.warmup, show_default=True, help="Warm-up fraction.")
+@click.option("--clip", type=float, default=TrainConfig.clip, show_default=True, help="Max gradient norm.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=TrainConfig.nprobe, show_default=True)
+@click.option("--refresh-every", type=click.IntRange(min=1), default=TrainConfig.refresh_every, show_default=True,
+              help="Steps between re-encoding changed rows into the index.")
+@click.option("--retrain-every", type=click.IntRange(min=0), default=0,
+              help="Steps between retraining the index codebooks (default: never).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=TrainConfig.eval_every, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=TrainConfig.patience, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=TrainConfig.checkpoint_every,
+              show_default=True)
+@click.option("--dev-fraction", type=float, default=TrainConfig.dev_fraction, show_default=True)
+@click.option("--head/--no-head", "train_head", default=True, help="Train the query head.")
+@click.option("--train-cache/--freeze-cache", "train_cache", default=True, help="Train the passage embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+@quiet_option
+@user_errors
+def train_cmd(cache_path, queries, qrels, dev_qrels, threads, quiet, **options):
+    """Train the cached embeddings and a query head on the IVF-PQ index (resumable: rerun after a crash)."""
+    from .train.trainer import train
+
+    result = train(cache_path, queries, qrels, dev_qrels, TrainConfig(**options), threads=threads, quiet=quiet)
+    click.echo(result.summary())
 
 
 @cli.command("demo")

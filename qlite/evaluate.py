@@ -31,6 +31,12 @@ def encode_queries(encoder: Encoder, queries: dict[str, str], batch_size=64):
     return qids, encoder.encode([queries[q] for q in qids], batch_size=batch_size)
 
 
+def search_queries(cache: Cache, encoder: Encoder, queries: dict[str, str], batch_size=64):
+    """Encoded queries as search sees them: through the trained query head when the cache has one."""
+    qids, q = encode_queries(encoder, queries, batch_size)
+    return qids, cache.apply_head(q)
+
+
 def rows_to_run(cache: Cache, qids, rows) -> dict[str, list[str]]:
     ids = cache.ids
     return {qid: [ids[r].decode("utf-8") for r in row if r >= 0] for qid, row in zip(qids, rows)}
@@ -63,7 +69,7 @@ def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, thre
     if not judged:
         raise QliteError(f"{qrels_path}: none of its queries with a relevant document is in {queries_path}")
     encoder = query_encoder(cache, threads, model_dir)
-    qids, q = encode_queries(encoder, {qid: queries[qid] for qid in judged}, batch_size)
+    qids, q = search_queries(cache, encoder, {qid: queries[qid] for qid in judged}, batch_size)
     report = EvalReport(metrics, len(qids))
     _, rows = flat_search(cache.embeddings, q, depth)
     means, _ = evaluate_run(rows_to_run(cache, qids, rows), judged, metrics)

@@ -8,7 +8,7 @@ import numpy as np
 from .beir import iter_corpus, load_queries
 from .cache import Cache
 from .errors import QliteError
-from .evaluate import encode_queries, query_encoder
+from .evaluate import query_encoder, search_queries
 from .indexing import open_index
 from .threads import set_threads
 
@@ -18,7 +18,7 @@ def search(cache_path, queries: dict[str, str], k=10, nprobe=16, rerank=0, flat=
     """{query id: [(doc id, row, score), ...]} best first."""
     set_threads(threads)
     cache = Cache(cache_path).require_complete()
-    qids, q = encode_queries(query_encoder(cache, threads), queries)
+    qids, q = search_queries(cache, query_encoder(cache, threads), queries)
     if flat:
         from .index.flat import flat_search
         scores, rows = flat_search(cache.embeddings, q, k)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from qlite.train.kernels import adam_dense, adam_rows, softmax_ce_grad
+from qlite.train.kernels import adam_dense, adam_rows, clip_rows, gather_rows, loss_and_grads, scatter_rows
 
 
 def loss64(q, cand, target, mask, tau):
@@ -27,16 +27,16 @@ def problem(seed=0, B=4, C=9, d=6):
 
 def test_loss_matches_float64_oracle_and_masking_matters():
     q, cand, target, mask = problem()
-    loss, _, _ = softmax_ce_grad(q, cand, target, mask, 0.1)
+    loss, _, _ = loss_and_grads(q, cand, target, mask, 0.1)
     assert abs(loss - loss64(q, cand, target, mask, 0.1)) < 1e-6
-    unmasked, _, _ = softmax_ce_grad(q, cand, target, np.zeros_like(mask), 0.1)
+    unmasked, _, _ = loss_and_grads(q, cand, target, np.zeros_like(mask), 0.1)
     assert abs(unmasked - loss) > 1e-4  # the masked positives really left the softmax
 
 
 def test_gradients_match_finite_differences():
     q, cand, target, mask = problem(seed=1)
     tau, h = 0.5, 1e-4
-    _, gq, gc = softmax_ce_grad(q, cand, target, mask, tau)
+    _, gq, gc = loss_and_grads(q, cand, target, mask, tau)
     for arr, grad in ((q, gq), (cand, gc)):
         num = np.zeros(arr.shape)
         for idx in np.ndindex(arr.shape):
@@ -76,3 +76,22 @@ def test_adam_dense_and_rows_match_the_textbook_step():
         w, _, _ = reference_adam(p0[r].astype(np.float64), g[r], m0[r].astype(np.float64),
                                  v0[r].astype(np.float64), t, 1e-2, 0.9, 0.999, 1e-8)
         np.testing.assert_allclose(p[r], w, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_rows_caps_each_row_norm():
+    g = np.array([[3, 4], [0.3, 0.4], [0, 0]], np.float32)
+    clip_rows(g, 1.0)
+    np.testing.assert_allclose(g, [[0.6, 0.8], [0.3, 0.4], [0, 0]], rtol=1e-6)
+
+
+def test_gather_prefers_the_overlay_and_scatter_writes_it():
+    rng = np.random.default_rng(3)
+    base = [rng.standard_normal((6, 3)).astype(np.float32) for _ in range(3)] + [np.arange(6, dtype=np.int32)]
+    over = [np.zeros((2, 3), np.float32) for _ in range(3)] + [np.zeros(2, np.int64)]
+    slot_of_row = np.full(6, -1, np.int64)
+    slot_of_row[4] = 1
+    scatter_rows(np.array([1]), *(np.full((1, 3), 7, np.float32) for _ in range(3)), np.array([99]), *over)
+    e, m, v, s = gather_rows(np.array([4, 2]), slot_of_row, *base, *over)
+    assert (e[0] == 7).all() and s[0] == 99  # row 4 comes from the overlay
+    np.testing.assert_array_equal(e[1], base[0][2])
+    assert s[1] == 2

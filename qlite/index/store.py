@@ -29,20 +29,45 @@ def save_index(index: IVFPQIndex, path, extra_attrs=None) -> Path:
         f.attrs["qlite_version"] = __version__
         for k, v in index.describe().items():
             f.attrs[k] = v
-        f.attrs["ntotal"] = index.ntotal
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = v
-        f["coarse"] = index.coarse
-        f["codebooks"] = index.pq.codebooks
-        if index.rotation is not None:
-            f["rotation"] = index.rotation
-        f["offsets"] = index.offsets
-        f["codes"] = np.ascontiguousarray(index.codes)  # contiguous: memory-mapped on load
-        f["list_rows"] = index.list_rows
-        f["row_list"] = index.row_list
+        write_index(f, index)
     fsync_path(tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_index(group, index: IVFPQIndex):
+    """Store an index in an HDF5 group (its own file, or a training checkpoint)."""
+    for k, v in index.describe().items():
+        group.attrs[k] = v
+    group.attrs["ntotal"] = index.ntotal
+    group["coarse"] = index.coarse
+    group["codebooks"] = index.pq.codebooks
+    if index.rotation is not None:
+        group["rotation"] = index.rotation
+    group["offsets"] = index.offsets
+    group["codes"] = np.ascontiguousarray(index.codes)  # contiguous: memory-mapped on load
+    group["list_rows"] = index.list_rows
+    group["row_list"] = index.row_list
+
+
+def read_index(group, codes=True) -> IVFPQIndex:
+    """An index from an HDF5 group (codes read into memory unless ``codes`` is False)."""
+    fields = IVFPQParams.__dataclass_fields__
+    index = IVFPQIndex(IVFPQParams(**{k: _plain(group.attrs[k]) for k in fields if k in group.attrs}))
+    index.coarse = group["coarse"][...]
+    index.pq.codebooks = group["codebooks"][...]
+    index.rotation = group["rotation"][...] if "rotation" in group else None
+    index.offsets = group["offsets"][...]
+    index.set_lists(group["list_rows"][...], group["row_list"][...])
+    if codes:
+        index.codes = group["codes"][...]
+    return index
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
@@ -54,22 +79,14 @@ def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
     except OSError as exc:
         raise QliteError(f"{path}: not an index file ({exc})") from None
     with f:
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
         if attrs.get("format") != FORMAT:
             raise QliteError(f"{path}: not a qlite IVF-PQ index")
-        fields = IVFPQParams.__dataclass_fields__
-        params = IVFPQParams(**{k: attrs[k] for k in fields if k in attrs})
-        index = IVFPQIndex(params)
-        index.coarse = f["coarse"][...]
-        index.pq.codebooks = f["codebooks"][...]
-        index.rotation = f["rotation"][...] if "rotation" in f else None
-        index.offsets = f["offsets"][...]
-        index.set_lists(f["list_rows"][...], f["row_list"][...])
         codes = f["codes"]
         offset = codes.id.get_offset()
         shape = codes.shape
-        if not mmap or offset is None or shape[0] == 0:
-            index.codes = codes[...]
-    if mmap and offset is not None and shape[0] > 0:
+        mapped = mmap and offset is not None and shape[0] > 0
+        index = read_index(f, codes=not mapped)
+    if mapped:
         index.codes = np.memmap(path, np.uint8, "r", offset, shape)
     return index, attrs

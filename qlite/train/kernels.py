@@ -1,4 +1,5 @@
-"""Numba kernels of one training step: truncated-softmax loss and its gradients, and Adam updates.
+"""Numba kernels of one training step: truncated-softmax loss and its gradients, Adam updates, and
+row gather/scatter between the memory-mapped cache and the in-memory overlay of changed rows.
 
 Scores are s[b, c] = <q_b, e_c> / tau over a shared candidate set (cross-batch negatives).  Each
 query has one target candidate; ``mask[b, c]`` removes a candidate from query b's softmax (its other
@@ -14,25 +15,21 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True)
-def softmax_ce_grad(q, cand, target, mask, tau):
-    """(loss, grad_q [B, d], grad_cand [C, d]) for the truncated softmax cross-entropy."""
-    B, d = q.shape
-    C = cand.shape[0]
-    g = np.zeros((B, C), np.float64)  # dL/ds
-    losses = np.zeros(B)
+def softmax_xent(raw, target, mask, tau):
+    """(losses [B], dL/draw [B, C]) for raw scores q.e: the loss is the mean over the batch."""
+    B, C = raw.shape
+    losses = np.empty(B)
+    g = np.empty((B, C), np.float32)
+    inv_tau = 1.0 / tau
     for b in prange(B):
         s = np.empty(C)
         mx = -np.inf
         for c in range(C):
             if mask[b, c] and c != target[b]:
                 s[c] = -np.inf
-                continue
-            acc = 0.0
-            for t in range(d):
-                acc += q[b, t] * cand[c, t]
-            s[c] = acc / tau
-            if s[c] > mx:
-                mx = s[c]
+            else:
+                s[c] = raw[b, c] * inv_tau
+                mx = max(mx, s[c])
         z = 0.0
         for c in range(C):
             if s[c] != -np.inf:
@@ -41,22 +38,59 @@ def softmax_ce_grad(q, cand, target, mask, tau):
         losses[b] = logz - s[target[b]]
         for c in range(C):
             p = 0.0 if s[c] == -np.inf else math.exp(s[c] - logz)
-            g[b, c] = (p - (1.0 if c == target[b] else 0.0)) / B
-    grad_q = np.zeros((B, d), np.float32)
-    for b in prange(B):
-        for c in range(C):
-            w = g[b, c] / tau
-            if w != 0.0:
-                for t in range(d):
-                    grad_q[b, t] += w * cand[c, t]
-    grad_cand = np.zeros((C, d), np.float32)
-    for c in prange(C):  # one thread per candidate row: no two threads write the same row
-        for b in range(B):
-            w = g[b, c] / tau
-            if w != 0.0:
-                for t in range(d):
-                    grad_cand[c, t] += w * q[b, t]
-    return losses.mean(), grad_q, grad_cand
+            g[b, c] = (p - (1.0 if c == target[b] else 0.0)) * inv_tau / B
+    return losses, g
+
+
+def loss_and_grads(q, cand, target, mask, tau):
+    """(mean loss, grad_q [B, d], grad_cand [C, d]) of the truncated softmax cross-entropy.
+
+    The three products are dense [B, d] x [d, C] matrix products: BLAS does them (several times
+    faster than a hand loop); the kernel above does the masked softmax in between.
+    """
+    raw = q @ cand.T
+    losses, g = softmax_xent(raw, target, mask, tau)
+    return float(losses.mean()), g @ cand, g.T @ q
+
+
+@njit(parallel=True, cache=True)
+def clip_rows(grads, max_norm):
+    """Scale each row of ``grads`` to L2 norm at most ``max_norm`` (in place)."""
+    for r in prange(grads.shape[0]):
+        sq = 0.0
+        for j in range(grads.shape[1]):
+            sq += grads[r, j] * grads[r, j]
+        norm = math.sqrt(sq)
+        if norm > max_norm:
+            scale = max_norm / norm
+            for j in range(grads.shape[1]):
+                grads[r, j] *= scale
+
+
+@njit(parallel=True, cache=True)
+def gather_rows(rows, slot_of_row, base_e, base_m, base_v, base_s, over_e, over_m, over_v, over_s):
+    """Current (embedding, Adam m, v, step) of ``rows``: from the in-memory overlay of rows changed
+    since the last checkpoint when present, else from the memory-mapped cache."""
+    R, d = rows.shape[0], base_e.shape[1]
+    e = np.empty((R, d), np.float32)
+    m = np.empty((R, d), np.float32)
+    v = np.empty((R, d), np.float32)
+    s = np.empty(R, np.int64)
+    for i in prange(R):
+        r = rows[i]
+        slot = slot_of_row[r]
+        if slot >= 0:
+            e[i], m[i], v[i], s[i] = over_e[slot], over_m[slot], over_v[slot], over_s[slot]
+        else:
+            e[i], m[i], v[i], s[i] = base_e[r], base_m[r], base_v[r], base_s[r]
+    return e, m, v, s
+
+
+@njit(parallel=True, cache=True)
+def scatter_rows(slots, e, m, v, s, over_e, over_m, over_v, over_s):
+    for i in prange(slots.shape[0]):
+        j = slots[i]
+        over_e[j], over_m[j], over_v[j], over_s[j] = e[i], m[i], v[i], s[i]
 
 
 @njit(parallel=True, cache=True)
