@@ -209,6 +209,19 @@ def train_cmd(cache_path, queries, qrels, dev_qrels, threads, quiet, **options):
     click.echo(result.summary())
 
 
+@cli.command("export")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Directory to create: query_encoder/ (ONNX, head folded in), embeddings.npy, ids.txt.")
+@quiet_option
+@user_errors
+def export_cmd(cache_path, out, quiet):
+    """Export the query encoder (with the trained head) and the passage embeddings for serving."""
+    from .export import export
+
+    click.echo(export(cache_path, out, quiet=quiet).summary())
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where to write the demo cache (default: a temporary directory, removed afterwards).")

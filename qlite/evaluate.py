@@ -20,7 +20,8 @@ def query_encoder(cache: Cache, threads=None, model_dir=None) -> Encoder:
     source = model_dir or (None if a.get("model_source", "default") == "default" else a["model_source"])
     spec = resolve_model(source, int8=bool(a.get("model_int8", False)))
     if spec.sha256 != a.get("model_sha256"):
-        raise QliteError(f"{cache.path} was encoded with {a.get('model_name')} (sha256 {a.get('model_sha256', '')[:12]}), "
+        raise QliteError(f"{cache.path} was encoded with {a.get('model_name')} "
+                         f"(sha256 {a.get('model_sha256', '')[:12]}), "
                          f"but the model found now is {spec.name} (sha256 {spec.sha256[:12]}); "
                          "pass the original --model DIR")
     return Encoder(spec, max_length=a.get("max_length"), threads=threads)
@@ -52,7 +53,8 @@ class EvalReport:
         head = ["system", "queries", *self.metrics]
         body = [[name, f"{self.queries:,}", *(f"{vals[m]:.4f}" for m in self.metrics)] for name, vals in self.rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+        def fmt(r):
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         return "\n".join([fmt(head), *map(fmt, body)])
 
 
@@ -82,4 +84,3 @@ def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, thre
         name = f"ivfpq nlist={p.nlist} m={p.m}{' opq' if p.opq else ''} nprobe={min(nprobe, p.nlist)}"
         report.rows.append((name + (f" rerank={rerank}" if rerank else ""), means))
     return report
-

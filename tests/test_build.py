@@ -89,8 +89,8 @@ def _rows_done(path):
 
 def test_kill_9_then_rerun_resumes_to_identical_embeddings(tmp_path, tiny_model):
     """SIGKILL a real `qlite build-cache` several times; every partial file opens; the end equals a clean run."""
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", demo_docs())
     n = 300
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", demo_docs(n))
     args = [sys.executable, "-m", "qlite", "build-cache", str(corpus), "--model", str(tiny_model),
             "--chunk-size", "2", "--batch-size", "2", "--cpu-threads", "1", "--quiet"]
     clean = tmp_path / "clean.h5"

@@ -163,3 +163,29 @@ def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_tas
             np.testing.assert_array_equal(a.array(name), b.array(name))
     ia, ib = open_index(Cache(path)), open_index(Cache(clean))
     np.testing.assert_array_equal(ia.codes, ib.codes)
+
+
+def test_export_folds_the_head_into_one_onnx_model(title_task, tmp_path):
+    from click.testing import CliRunner
+
+    from qlite.cli import cli
+    from qlite.encoder.encoder import Encoder
+    from qlite.evaluate import query_encoder
+
+    path = copy_cache(title_task, "export")
+    train(path, title_task["queries"], title_task["qrels"], title_task["qrels"],
+          config=TrainConfig(batch_size=16, k=20, steps=10, eval_every=5, nprobe=2, head_lr=1e-2), threads=1,
+          quiet=True)
+    r = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "served"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    served = tmp_path / "served"
+    texts = ["a query about cells", "protein folding", ""]
+    with Cache(path) as c:
+        want = c.apply_head(query_encoder(c, threads=1).encode(texts))
+        np.testing.assert_array_equal(np.load(served / "embeddings.npy"), c.embeddings)
+        assert (served / "ids.txt").read_text().split() == [i.decode() for i in c.ids]
+    got = Encoder(model_dir=served / "query_encoder", threads=1).encode(texts)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(want, query_encoder(Cache(path), threads=1).encode(texts), atol=1e-4)  # head not identity
+    r = CliRunner().invoke(cli, ["export", str(path), "--out", str(served)])
+    assert r.exit_code == 1 and "not empty" in r.output

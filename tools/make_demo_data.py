@@ -2,8 +2,9 @@
 
     python tools/make_demo_data.py [--data ../shared/data/scifact]
 
-Takes test queries and their relevant abstracts, plus distractor abstracts, all chosen with a
-fixed seed, so the sample is reproducible.  SciFact is CC BY-SA 4.0 in BEIR's distribution (see
+Takes test queries and their relevant abstracts, training queries and theirs (so the demo can
+train), plus distractor abstracts, all chosen with a fixed seed, so the sample is reproducible.
+SciFact is CC BY-SA 4.0 in BEIR's distribution (see
 qlite/data/demo/ATTRIBUTION.md).
 """
 import argparse
@@ -20,19 +21,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "scifact"))
     ap.add_argument("--queries", type=int, default=60)
-    ap.add_argument("--docs", type=int, default=300)
+    ap.add_argument("--train-queries", type=int, default=150)
+    ap.add_argument("--docs", type=int, default=400)
     args = ap.parse_args()
     data = Path(args.data)
     rng = random.Random(7)
 
-    with open(data / "qrels" / "test.tsv") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    qrels = {}
-    for r in rows:
-        qrels.setdefault(r["query-id"], []).append(r["corpus-id"])
-    qids = sorted(qrels, key=int)
-    chosen = sorted(rng.sample(qids, args.queries), key=int)
-    wanted_docs = {d for q in chosen for d in qrels[q]}
+    qrels = read_qrels(data / "qrels" / "test.tsv")
+    chosen = sorted(rng.sample(sorted(qrels, key=int), args.queries), key=int)
+    train_qrels = read_qrels(data / "qrels" / "train.tsv")
+    train_chosen = sorted(rng.sample(sorted(train_qrels, key=int), args.train_queries), key=int)
+    wanted_docs = {d for q in chosen for d in qrels[q]} | {d for q in train_chosen for d in train_qrels[q]}
 
     corpus = [json.loads(line) for line in gzip.open(data / "corpus.jsonl.gz", "rt", encoding="utf-8")]
     others = [d for d in corpus if d["_id"] not in wanted_docs]
@@ -47,14 +46,24 @@ def main():
             if d["_id"] in keep:
                 f.write((json.dumps({"_id": d["_id"], "title": d["title"], "text": d["text"]}) + "\n").encode())
     with gzip.GzipFile(out / "queries.jsonl.gz", "wb", mtime=0) as f:
-        for q in chosen:
+        for q in sorted(set(chosen) | set(train_chosen), key=int):
             f.write((json.dumps({"_id": q, "text": queries[q]["text"]}) + "\n").encode())
-    with open(out / "qrels.tsv", "w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q in chosen:
-            for d in qrels[q]:
-                f.write(f"{q}\t{d}\t1\n")
-    print(f"{len(keep)} passages, {len(chosen)} queries -> {out}")
+    for name, picked, rel in (("qrels.tsv", chosen, qrels), ("qrels-train.tsv", train_chosen, train_qrels)):
+        with open(out / name, "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q in picked:
+                for d in rel[q]:
+                    f.write(f"{q}\t{d}\t1\n")
+    print(f"{len(keep)} passages, {len(chosen)} test + {len(train_chosen)} training queries -> {out}")
+
+
+def read_qrels(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    qrels = {}
+    for r in rows:
+        qrels.setdefault(r["query-id"], []).append(r["corpus-id"])
+    return qrels
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ class TrainConfig:
         if not (self.train_head or self.train_cache):
             raise QliteError("nothing to train: --no-head and --freeze-cache together")
         if self.overlay_rows < self.candidate_budget + self.batch_size:
-            raise QliteError(f"--overlay-rows must hold one step's candidates ({self.candidate_budget + self.batch_size})")
+            raise QliteError("--overlay-rows must hold one step's candidates "
+                             f"({self.candidate_budget + self.batch_size})")
 
     @property
     def candidate_budget(self) -> int:
         return self.budget or self.batch_size * self.k
-
 
 
 def lr_factor(step, total, warmup_steps):

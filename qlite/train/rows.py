@@ -35,7 +35,8 @@ class RowState:
                            self.steps, self.over_e, self.over_m, self.over_v, self.over_s)
 
     def room_for(self, n_rows) -> bool:
-        return self.size + n_rows <= self.capacity
+        """Can ``n_rows`` more rows be scattered without a checkpoint first?"""
+        return self.capacity == len(self.slot_of_row) or self.size + n_rows <= self.capacity
 
     def scatter(self, rows, e, m, v, s):
         rows = np.asarray(rows, np.int64)

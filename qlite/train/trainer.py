@@ -52,10 +52,12 @@ class TrainResult:
         if self.already_done:
             return (f"{self.cache}: already trained ({self.steps} steps, kept step {self.best_step}); "
                     "delete its .train.h5 checkpoint and start from an untrained cache to train again")
-        dev = (f"dev {DEV_METRIC} on the index {self.dev_start:.4f} -> {self.dev_best:.4f} (kept step {self.best_step}); "
+        dev = (f"dev {DEV_METRIC} on the index {self.dev_start:.4f} -> {self.dev_best:.4f} "
+               f"(kept step {self.best_step}); "
                if self.dev_best is not None else "no dev queries: kept the last step; ")
         resumed = f", resumed at step {self.resumed_from}" if self.resumed_from else ""
-        return (f"trained {self.steps} steps in {self.seconds:.1f} s ({self.steps / max(self.seconds, 1e-9):.1f} steps/s"
+        rate = self.steps / max(self.seconds, 1e-9)
+        return (f"trained {self.steps} steps in {self.seconds:.1f} s ({rate:.1f} steps/s"
                 f"{resumed}); {dev}head and embeddings in {self.cache}, index in {default_index_path(self.cache)}")
 
 
@@ -108,7 +110,8 @@ class Trainer:
         for k in ("step", "head_step", "best_step", "bad_evals", "best_score", "start_score", "phase",
                   "best_copy_pending", "timings"):
             setattr(self, k, meta[k])
-        self.head, self.head_m, self.head_v, self.best_head = (arrays[k] for k in ("head", "head_m", "head_v", "best_head"))
+        self.head, self.head_m, self.head_v, self.best_head = (arrays[k] for k in
+                                                               ("head", "head_m", "head_v", "best_head"))
         self.train_q, self.dev_q = arrays["train_q"], arrays.get("dev_q")
         self.stale, self.changed = flags["stale"], flags["changed"]
         # the journal may not have reached the cache before the crash: apply it (again)
@@ -126,8 +129,8 @@ class Trainer:
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         pick = np.random.default_rng([cfg.seed, epoch, i, 1])
-        pos = np.array([self.train_set.positives(j)[pick.integers(self.train_set.pos_ptr[j + 1] - self.train_set.pos_ptr[j])]
-                        for j in idx], np.int64)
+        ptr = self.train_set.pos_ptr
+        pos = np.array([self.train_set.positives(j)[pick.integers(ptr[j + 1] - ptr[j])] for j in idx], np.int64)
         return idx, pos
 
     def apply_head(self, q):
@@ -281,7 +284,8 @@ class Trainer:
                     rate = (self.step - s_last) / max(now - t_last, 1e-9)
                     t_last, s_last = now, self.step
                     self._log_window(rate)
-                    bar.label = f"loss {loss:.3f} lr {cfg.lr * lr_factor(self.step, self.total, self.warmup_steps):.1e} {rate:.1f} steps/s"
+                    lr = cfg.lr * lr_factor(self.step, self.total, self.warmup_steps)
+                    bar.label = f"loss {loss:.3f} lr {lr:.1e} {rate:.1f} steps/s"
                 bar.update(1)
                 if self.step % cfg.checkpoint_every == 0 and self.rows.size:
                     self.checkpoint()
