@@ -83,8 +83,23 @@ def info_cmd(cache_path):
                        f"sha256 {str(a.get('corpus_sha256', ''))[:12]})"),
             ("qlite", a.get("qlite_version")),
         ]
+        if c.trainable:
+            lines.insert(3, ("trained", _training_state(c.path)))
     for key, value in lines:
         click.echo(f"{key + ':':8} {value}")
+
+
+def _training_state(cache_path) -> str:
+    from .train.checkpoint import checkpoint_path, read_meta
+
+    meta = read_meta(checkpoint_path(cache_path))
+    if meta is None:
+        return "prepared, no checkpoint"
+    state = {"done": "done", "finishing": "finishing (rerun `qlite train` to complete)",
+             "training": "interrupted (rerun the same `qlite train` to resume)"}[meta["phase"]]
+    dev = (f"; dev ndcg@10 on the index {meta['start_score']:.4f} -> {meta['best_score']:.4f} "
+           f"(kept step {meta['best_step']})" if meta.get("best_score") is not None else "")
+    return f"{state}: step {meta['step']:,} of {meta['total']:,}{dev}"
 
 
 @cli.group("index")

@@ -53,8 +53,10 @@ class EvalReport:
         head = ["system", "queries", *self.metrics]
         body = [[name, f"{self.queries:,}", *(f"{vals[m]:.4f}" for m in self.metrics)] for name, vals in self.rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
         def fmt(r):
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
         return "\n".join([fmt(head), *map(fmt, body)])
 
 

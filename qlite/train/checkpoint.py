@@ -52,6 +52,15 @@ def write_checkpoint(path, meta: dict, arrays: dict, flags: dict, index) -> None
     fsync_path(path.parent)
 
 
+def read_meta(path) -> dict | None:
+    """The checkpoint's counters (step, phase, best step and score), or None without a readable one."""
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["meta"]) if f.attrs.get("format") == FORMAT else None
+    except (OSError, KeyError):
+        return None
+
+
 def read_checkpoint(path, n_rows):
     """(meta, arrays, flags, index)."""
     try:
