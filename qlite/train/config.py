@@ -12,10 +12,10 @@ class TrainConfig:
     batch_size: int = 32
     k: int = 200  # index hits per query
     budget: int = 0  # candidate rows per step (0: batch_size * k)
-    tau: float = 0.05  # softmax temperature
+    tau: float = 0.04  # softmax temperature
     lr: float = 1e-3  # passage embeddings
-    head_lr: float = 1e-4
-    epochs: int = 20  # an epoch visits every training query once, with one of its positives
+    head_lr: float = 3e-4
+    epochs: int = 30  # an epoch visits every training query once, with one of its positives
     steps: int = 0  # overrides epochs when > 0
     warmup: float = 0.1  # fraction of the steps
     clip: float = 1.0  # max gradient norm: of the head, and of each passage row
@@ -23,7 +23,7 @@ class TrainConfig:
     refresh_every: int = 10
     retrain_every: int = 0  # retrain the index codebooks every N steps (0: never)
     eval_every: int = 50
-    patience: int = 3  # evaluations without a better dev score before stopping
+    patience: int = 5  # evaluations without a better dev score before stopping
     checkpoint_every: int = 100
     dev_fraction: float = 0.1  # held back from train when no dev qrels are given
     train_head: bool = True
