@@ -46,7 +46,7 @@ def load_task(a, cache):
         train, _ = load_training_queries(cache, a.queries, a.qrels, dev_fraction=0)
         _, q = encode_queries(query_encoder(cache, a.child_threads), dict(zip(train.qids, train.texts)))
         return q, train
-    q = np.load(a.cache.rsplit(".h5", 1)[0] + ".queries.npy")
+    q = np.load(a.cache.rsplit(".h5", 1)[0] + ".queries.npy").astype(np.float32)
     rng = np.random.default_rng(0)
     pos = np.sort(rng.integers(cache.count, size=(len(q), 1)), axis=1)
     ptr = np.arange(len(q) + 1, dtype=np.int64)
@@ -97,7 +97,7 @@ def run_torch(a, cache_path, mem):
     emb = torch.nn.Embedding(n, d, sparse=True)
     with torch.no_grad():
         for s in range(0, n, 65536):
-            emb.weight[s:s + 65536] = torch.from_numpy(np.asarray(cache.embeddings[s:s + 65536]))
+            emb.weight[s:s + 65536] = torch.from_numpy(np.array(cache.embeddings[s:s + 65536]))
     head = torch.nn.Linear(d, d)
     with torch.no_grad():
         head.weight.copy_(torch.eye(d))
