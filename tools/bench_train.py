@@ -11,7 +11,8 @@ IVF-PQ index with the head's queries, build the cross-batch candidate set (same 
 truncated-softmax loss, gradients, Adam on the head and on the candidate rows, write back, and
 re-encode changed rows into the index every 10 steps.  The peer is what one writes in PyTorch: an
 ``nn.Embedding(sparse=True)`` loaded from the cache, a ``Linear`` head, autograd, ``SparseAdam`` +
-``Adam``.  qlite uses its Numba kernels, memory-mapped rows and per-passage Adam state, and
+``Adam``; "torch" mines with qlite's index (isolating the training step), "torch+faiss" with a
+faiss IVF-PQ of the same parameters (what such code usually uses; refresh = remove_ids + re-add).  qlite uses its Numba kernels, memory-mapped rows and per-passage Adam state, and
 checkpoints as ``qlite train`` does (the peer does not checkpoint at all).
 
 Each (system, repeat) runs in its own child process, alternating, so memory is its own: RssAnon
@@ -79,6 +80,38 @@ def run_qlite(a, cache_path, mem):
     return {"steps_per_s": a.steps / seconds, "breakdown": {k: v / a.steps * 1e3 for k, v in tr.timings.items()}}
 
 
+class FaissMiner:
+    """The peer's index when it is written the usual way: faiss IVF-PQ with the qlite index's
+    parameters (nlist, M, nbits, OPQ), trained on the same sample size; refresh = remove + re-add."""
+
+    def __init__(self, cache, params, threads):
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        d = cache.dim
+        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, params.nlist, params.m, params.nbits,
+                               faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = params.niter
+        self.ivf, self.nprobe = ivf, 16
+        self.index = faiss.IndexPreTransform(faiss.OPQMatrix(d, params.m), ivf) if params.opq else ivf
+        rng = np.random.default_rng(params.seed)
+        sample = np.sort(rng.choice(cache.count, min(cache.count, 256 * max(params.nlist, 256)), replace=False))
+        self.index.train(np.ascontiguousarray(cache.embeddings[sample]))
+        for s in range(0, cache.count, 65536):
+            x = np.ascontiguousarray(cache.embeddings[s:s + 65536])
+            self.index.add_with_ids(x, np.arange(s, s + len(x), dtype=np.int64))
+
+    def search(self, q, k, nprobe=16):
+        self.ivf.nprobe = nprobe
+        return self.index.search(np.ascontiguousarray(q, np.float32), k)
+
+    def update(self, rows, vectors):
+        import faiss
+
+        self.index.remove_ids(faiss.IDSelectorBatch(rows.astype(np.int64)))
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), rows.astype(np.int64))
+
+
 def run_torch(a, cache_path, mem):
     import torch
 
@@ -93,6 +126,9 @@ def run_torch(a, cache_path, mem):
     q_all, train = load_task(a, cache)
     index = open_index(cache)
     index.codes = np.array(index.codes)
+    if a.child == "torch+faiss":
+        index = FaissMiner(cache, index.params, a.child_threads)
+        mem.peak = {k: 0 for k in mem.peak}  # the build is not part of training
     n, d = cache.count, cache.dim
     emb = torch.nn.Embedding(n, d, sparse=True)
     with torch.no_grad():
@@ -179,7 +215,7 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--systems", default="qlite,torch")
+    ap.add_argument("--systems", default="qlite,torch,torch+faiss")
     ap.add_argument("--workdir", default=None, help="Where the private cache copies go (default: TMPDIR).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -196,16 +232,17 @@ def main():
             res = json.loads(out.stdout.strip().splitlines()[-1])
             runs.setdefault(system, []).append(res)
             print(f"  {system}: {res['steps_per_s']:.2f} steps/s", file=sys.stderr)
-    base = statistics.median(r["steps_per_s"] for r in runs["torch"]) if "torch" in runs else None
+    peers = {p: statistics.median(r["steps_per_s"] for r in runs[p]) for p in ("torch", "torch+faiss") if p in runs}
     print(f"{a.cache}: B {B}, k {K}, {a.threads} threads, median of {a.repeats} x {a.steps} steps "
           "(ms/step columns: the median run)\n")
     keys = list(dict.fromkeys(k for rs in runs.values() for k in rs[0]["breakdown"]))
-    print("| system | steps/s | vs torch | " + " | ".join(f"{k} ms" for k in keys) + " | RssAnon MB | RssFile MB |")
-    print("|---|" + "---:|" * (len(keys) + 4))
+    print("| system | steps/s | " + "".join(f"vs {p} | " for p in peers) + " | ".join(f"{k} ms" for k in keys) +
+          " | RssAnon MB | RssFile MB |")
+    print("|---|" + "---:|" * (len(keys) + 3 + len(peers)))
     for system, rs in runs.items():
         med = statistics.median(r["steps_per_s"] for r in rs)
         mid = sorted(rs, key=lambda r: r["steps_per_s"])[len(rs) // 2]
-        ratio = f"{med / base:.2f}x" if base else "-"
+        ratio = " | ".join(f"{med / base:.2f}x" for base in peers.values())
         parts = " | ".join(f"{mid['breakdown'][k]:.1f}" if k in mid["breakdown"] else "-" for k in keys)
         print(f"| {system} | {med:.2f} | {ratio} | {parts} | {max(r['rss_anon_mb'] for r in rs)} | "
               f"{max(r['rss_file_mb'] for r in rs)} |")

@@ -22,6 +22,33 @@ def decode_codes(codes, codebooks):
     return out
 
 
+@njit(parallel=True, cache=True)
+def encode_codes(x, codebooks_t, c_norms):
+    """codes [n, M]: per sub-space, the codeword minimising ||c||^2 - 2 x.c (= ||x - c||^2 - ||x||^2).
+
+    ``codebooks_t`` is [M, dsub, ksub] so the innermost loop runs over contiguous codewords and
+    vectorises; one pass over x instead of M BLAS calls with a 16-wide inner dimension.
+    """
+    n = x.shape[0]
+    M, dsub, ksub = codebooks_t.shape
+    codes = np.empty((n, M), np.uint8)
+    for i in prange(n):
+        acc = np.empty(ksub, np.float32)
+        for m in range(M):
+            for j in range(ksub):
+                acc[j] = c_norms[m, j]
+            for t in range(dsub):
+                xv = np.float32(-2.0) * x[i, m * dsub + t]
+                for j in range(ksub):
+                    acc[j] += xv * codebooks_t[m, t, j]
+            best = 0
+            for j in range(1, ksub):
+                if acc[j] < acc[best]:
+                    best = j
+            codes[i, m] = best
+    return codes
+
+
 class ProductQuantizer:
     def __init__(self, d: int, M: int, nbits: int = 8):
         if M < 1 or d % M:
@@ -45,10 +72,9 @@ class ProductQuantizer:
         return self
 
     def encode(self, x) -> np.ndarray:
-        codes = np.empty((len(x), self.M), np.uint8)
-        for m in range(self.M):
-            codes[:, m] = assign(self.sub(x, m), self.codebooks[m])[0]
-        return codes
+        cb = self.codebooks
+        return encode_codes(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(cb.transpose(0, 2, 1)),
+                            (cb * cb).sum(2))
 
     def decode(self, codes) -> np.ndarray:
         return decode_codes(np.ascontiguousarray(codes, np.uint8), self.codebooks)

@@ -303,7 +303,10 @@ class Trainer:
         if self.dev_set is not None:
             self.restore_best()
         t0 = time.perf_counter()
-        self.index.add(self.cache.embeddings)
+        if self.cfg.final_retrain:
+            self.index.retrain(self.cache.embeddings)
+        else:
+            self.index.add(self.cache.embeddings)
         save_index(self.index, default_index_path(self.cache.path), extra_attrs=cache_identity(self.cache))
         self.stale[:] = False
         self.timings["refresh"] += time.perf_counter() - t0
