@@ -12,8 +12,9 @@ truncated-softmax loss, gradients, Adam on the head and on the candidate rows, w
 re-encode changed rows into the index every 10 steps.  The peer is what one writes in PyTorch: an
 ``nn.Embedding(sparse=True)`` loaded from the cache, a ``Linear`` head, autograd, ``SparseAdam`` +
 ``Adam``; "torch" mines with qlite's index (isolating the training step), "torch+faiss" with a
-faiss IVF-PQ of the same parameters (what such code usually uses; refresh = remove_ids + re-add).  qlite uses its Numba kernels, memory-mapped rows and per-passage Adam state, and
-checkpoints as ``qlite train`` does (the peer does not checkpoint at all).
+faiss IVF-PQ of the same parameters (what such code usually uses; refresh = remove_ids + re-add).
+qlite uses its Numba kernels, memory-mapped rows and per-passage Adam state, and checkpoints as
+``qlite train`` does (the peers do not checkpoint at all).
 
 Each (system, repeat) runs in its own child process, alternating, so memory is its own: RssAnon
 (anonymous) and RssFile (file-backed: the memory-mapped cache) peaks are sampled every 20 ms.

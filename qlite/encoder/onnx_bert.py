@@ -146,7 +146,8 @@ def _pool_nodes(g, x, mask, pooling):
     m = g.op("Unsqueeze", [mask, g.const("axes_m1", np.array([-1], np.int64))])  # [B, T, 1]
     seq_axis = g.const("axes_seq", np.array([1], np.int64))
     if pooling == "max":
-        masked = g.op("Add", [x, g.op("Mul", [g.op("Sub", ["f_one", m]), g.const("neg_inf", np.array(-1e9, np.float32))])])
+        neg_inf = g.const("neg_inf", np.array(-1e9, np.float32))
+        masked = g.op("Add", [x, g.op("Mul", [g.op("Sub", ["f_one", m]), neg_inf])])
         return g.op("ReduceMax", [masked, seq_axis], keepdims=0)
     summed = g.op("ReduceSum", [g.op("Mul", [x, m]), seq_axis], keepdims=0)
     count = g.op("ReduceSum", [m, seq_axis], keepdims=0)

@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
-from .kmeans import assign, kmeans
+from .kmeans import kmeans
 
 
 @njit(parallel=True, cache=True)
