@@ -212,6 +212,8 @@ def eval_cmd(cache_path, queries, qrels, metrics, index_path, nprobe, rerank, mo
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=TrainConfig.checkpoint_every,
               show_default=True)
 @click.option("--dev-fraction", type=float, default=TrainConfig.dev_fraction, show_default=True)
+@click.option("--overlay-rows", type=click.IntRange(min=1), default=TrainConfig.overlay_rows, show_default=True,
+              help="Changed passages kept in memory between checkpoints (more: fewer checkpoints, more RAM).")
 @click.option("--head/--no-head", "train_head", default=True, help="Train the query head.")
 @click.option("--train-cache/--freeze-cache", "train_cache", default=True, help="Train the passage embeddings.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -189,3 +189,21 @@ def test_export_folds_the_head_into_one_onnx_model(title_task, tmp_path):
     assert not np.allclose(want, query_encoder(Cache(path), threads=1).encode(texts), atol=1e-4)  # head not identity
     r = CliRunner().invoke(cli, ["export", str(path), "--out", str(served)])
     assert r.exit_code == 1 and "not empty" in r.output
+
+
+def test_cli_train_then_info_reports_the_run(title_task):
+    from click.testing import CliRunner
+
+    from qlite.cli import cli
+
+    path = copy_cache(title_task, "cli")
+    args = ["train", str(path), "--queries", str(title_task["queries"]), "--qrels", str(title_task["qrels"]),
+            "--steps", "12", "--batch-size", "16", "-k", "20", "--nprobe", "2", "--eval-every", "6",
+            "--cpu-threads", "1", "--quiet"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("trained 12 steps") and "kept step" in r.output
+    r = CliRunner().invoke(cli, ["info", str(path)])
+    assert "trained: done: step 12 of 12" in r.output
+    r = CliRunner().invoke(cli, args[:-3] + ["--tau", "0"])
+    assert r.exit_code == 1 and "--tau must be positive" in r.output

@@ -35,7 +35,7 @@ def log_path(cache_path) -> Path:
     return checkpoint_path(cache_path).with_suffix(".jsonl")
 
 
-def write_checkpoint(path, meta: dict, arrays: dict, flags: dict, index) -> None:
+def write_checkpoint(path, meta: dict, arrays: dict, flags: dict, index, before_replace=None) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -48,6 +48,8 @@ def write_checkpoint(path, meta: dict, arrays: dict, flags: dict, index) -> None
             f.create_dataset(name, data=np.packbits(flags[name]))
         write_index(f.create_group("index"), index)
     fsync_path(tmp)
+    if before_replace is not None:
+        before_replace()
     os.replace(tmp, path)
     fsync_path(path.parent)
 

@@ -58,15 +58,17 @@ class RowState:
         return (self.rows[:self.size][order], self.over_e[order], self.over_m[order], self.over_v[order],
                 self.over_s[order])
 
-    def apply(self, rows, e, m, v, s):
-        """Write journal rows into the cache and flush them (idempotent: a rerun may apply it again)."""
+    def apply(self, rows, e, m, v, s, flush=True):
+        """Write journal rows into the cache (idempotent: a rerun may apply it again); ``flush=False``
+        leaves syncing them to the caller."""
         if len(rows):
             self.embeddings[rows] = e
             self.m[rows] = m
             self.v[rows] = v
             self.steps[rows] = s
-        for arr in (self.embeddings, self.m, self.v, self.steps):
-            arr.flush()
+        if flush:
+            for arr in (self.embeddings, self.m, self.v, self.steps):
+                arr.flush()
 
     def clear(self):
         self.slot_of_row[self.rows[:self.size]] = -1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..cache import Cache, add_training_datasets
+from ..cache import Cache, add_training_datasets, fsync_path
 from ..errors import QliteError
 from ..evaluate import encode_queries, query_encoder, rows_to_run
 from ..index.store import default_index_path, save_index
@@ -83,6 +84,7 @@ class Trainer:
                                          "refresh", "eval", "checkpoint")}
         self.index = self.train_q = self.dev_q = None
         self.window = []  # losses since the last log line
+        self._sync = None  # background fsync of the rows the last checkpoint wrote into the cache
 
     # -- start / resume ------------------------------------------------------------------------
     def start(self, threads):
@@ -249,20 +251,34 @@ class Trainer:
         arrays = {"head": self.head, "head_m": self.head_m, "head_v": self.head_v, "best_head": self.best_head,
                   "train_q": self.train_q, "dev_q": self.dev_q,
                   **dict(zip(("journal_rows", "journal_e", "journal_m", "journal_v", "journal_s"), journal))}
-        write_checkpoint(self.ckpt, meta, arrays, {"stale": self.stale, "changed": self.changed}, self.index)
-        self._apply(*journal)
+        # the previous checkpoint's rows must be on disk before its journal is replaced
+        write_checkpoint(self.ckpt, meta, arrays, {"stale": self.stale, "changed": self.changed}, self.index,
+                         before_replace=self.wait_for_sync)
+        self._apply(*journal, background=True)
         self.rows.clear()
         self.timings["checkpoint"] += time.perf_counter() - t0
 
-    def _apply(self, rows, e, m, v, s):
-        self.rows.apply(rows, e, m, v, s)
-        self._write_head()
+    def _apply(self, rows, e, m, v, s, background=False):
+        """Write a journal into the cache.  ``background``: sync it to disk in a thread while training
+        goes on (fsync releases the GIL); the next checkpoint waits for it before replacing the
+        journal, so a crash at any point still finds either the rows or the journal on disk."""
+        self.rows.apply(rows, e, m, v, s, flush=not background)
+        self._write_head(flush=not background)
+        if background:
+            self._sync = threading.Thread(target=fsync_path, args=(self.cache.path,), daemon=True)
+            self._sync.start()
 
-    def _write_head(self):
+    def wait_for_sync(self):
+        if self._sync is not None:
+            self._sync.join()
+            self._sync = None
+
+    def _write_head(self, flush=True):
         w, b = self.cache.array("head_weight", True), self.cache.array("head_bias", True)
         w[:], b[:] = self.head[:-1], self.head[-1]
-        w.flush()
-        b.flush()
+        if flush:
+            w.flush()
+            b.flush()
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
@@ -300,6 +316,7 @@ class Trainer:
 
     def finish(self):
         """Go back to the best dev state, re-encode the whole index with it and save it for search."""
+        self.wait_for_sync()
         if self.dev_set is not None:
             self.restore_best()
         t0 = time.perf_counter()
@@ -312,6 +329,7 @@ class Trainer:
         self.timings["refresh"] += time.perf_counter() - t0
         self.phase = "done"
         self.checkpoint()
+        self.wait_for_sync()
 
     # -- log ----------------------------------------------------------------------------------
     def _log(self, entry):
@@ -366,11 +384,11 @@ def train(cache_path, queries_path, qrels_path, dev_qrels_path=None, config: Tra
         probe.require_complete()
         needs_datasets = not probe.trainable
     if needs_datasets:
-        echo(f"adding training state to {cache_path} (one-time rewrite of the file)", err=True)
+        if not quiet:
+            echo(f"adding training state to {cache_path} (one-time rewrite of the file)", err=True)
         add_training_datasets(cache_path)
     cache = Cache(cache_path, writable=True)
-    probe_ids = cache  # queries are mapped to rows through the cache's ids
-    train_set, dev_set = load_training_queries(probe_ids, queries_path, qrels_path, dev_qrels_path,
+    train_set, dev_set = load_training_queries(cache, queries_path, qrels_path, dev_qrels_path,
                                                cfg.dev_fraction, cfg.seed)
     fingerprint = {"config": asdict(cfg), "inputs": input_fingerprint(queries_path, qrels_path, dev_qrels_path)}
     trainer = Trainer(cache, cfg, train_set, dev_set, fingerprint, quiet=quiet, echo=echo)
