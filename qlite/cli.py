@@ -205,6 +205,8 @@ def eval_cmd(cache_path, queries, qrels, metrics, index_path, nprobe, rerank, mo
               help="Steps between re-encoding changed rows into the index.")
 @click.option("--retrain-every", type=click.IntRange(min=0), default=0,
               help="Steps between retraining the index codebooks (default: never).")
+@click.option("--score-quantized/--score-float", default=False, show_default=True,
+              help="Score candidates by their PQ reconstruction (straight-through), not the float rows.")
 @click.option("--final-retrain/--no-final-retrain", default=False, show_default=True,
               help="At the end, retrain the index codebooks on the trained embeddings (else re-encode only).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=TrainConfig.eval_every, show_default=True)

@@ -95,6 +95,17 @@ def test_full_probe_equals_exhaustive_adc(data, opq):
     np.testing.assert_allclose(s, want_s, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("opq", [False, True])
+def test_reconstruct_scores_equal_the_adc_scores(data, opq):
+    """q . reconstruct(x) is exactly what the index's ADC scan scores (the straight-through target)."""
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, nbits=8, opq=opq, niter=8)).retrain(x)
+    s, r = index.search(q, 10, nprobe=16)
+    recon = index.reconstruct(x[r.ravel()]).reshape(r.shape + (32,))
+    np.testing.assert_allclose(np.einsum("qkd,qd->qk", recon, q), s, rtol=1e-4, atol=1e-4)
+    assert np.abs(index.reconstruct(x) - x).mean() < np.abs(x).mean()  # and it is close to x
+
+
 @pytest.mark.parametrize("metric, opq", [("ip", False), ("ip", True), ("l2", False)])
 def test_recall_against_exact_search(data, metric, opq):
     x, q = data

@@ -166,6 +166,14 @@ class IVFPQIndex:
             self._layout(codes_by_row, row_list)
         return moved
 
+    def reconstruct(self, x) -> np.ndarray:
+        """What the index would store for vectors ``x``: coarse centroid + PQ codeword, rotated back."""
+        labels, codes = self._encode(self.rotate(x))
+        recon = self.coarse[labels] + self.pq.decode(codes)
+        if self.rotation is not None:
+            recon = recon @ self.rotation.T
+        return np.ascontiguousarray(recon, np.float32)
+
     def retrain(self, source):
         self.train(source)
         return self.add(source)

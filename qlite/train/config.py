@@ -22,6 +22,7 @@ class TrainConfig:
     nprobe: int = 16
     refresh_every: int = 10
     retrain_every: int = 0  # retrain the index codebooks every N steps (0: never)
+    score_quantized: bool = False  # straight-through: score the PQ reconstruction, update the float rows
     final_retrain: bool = False  # retrain the index on the kept embeddings at the end (else re-encode only)
     eval_every: int = 50
     patience: int = 5  # evaluations without a better dev score before stopping

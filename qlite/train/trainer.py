@@ -154,7 +154,9 @@ class Trainer:
         t2 = time.perf_counter()
         e, m, v, s = self.rows.gather(cand.rows)
         t3 = time.perf_counter()
-        loss, grad_q, grad_e = loss_and_grads(qh, e, cand.target, cand.mask, cfg.tau)
+        # straight-through (as JPQ): score against what the index stores, update the float rows
+        scored = self.index.reconstruct(e) if cfg.score_quantized else e
+        loss, grad_q, grad_e = loss_and_grads(qh, scored, cand.target, cand.mask, cfg.tau)
         t4 = time.perf_counter()
         if cfg.train_head:
             q1 = np.hstack([q, np.ones((len(q), 1), np.float32)])
