@@ -85,6 +85,7 @@ class Trainer:
         self.index = self.train_q = self.dev_q = None
         self.window = []  # losses since the last log line
         self._sync = None  # background fsync of the rows the last checkpoint wrote into the cache
+        self.checkpointed_at = -1
 
     # -- start / resume ------------------------------------------------------------------------
     def start(self, threads):
@@ -258,6 +259,7 @@ class Trainer:
                          before_replace=self.wait_for_sync)
         self._apply(*journal, background=True)
         self.rows.clear()
+        self.checkpointed_at = self.step
         self.timings["checkpoint"] += time.perf_counter() - t0
 
     def _apply(self, rows, e, m, v, s, background=False):
@@ -305,7 +307,7 @@ class Trainer:
                     lr = cfg.lr * lr_factor(self.step, self.total, self.warmup_steps)
                     bar.label = f"loss {loss:.3f} lr {lr:.1e} {rate:.1f} steps/s"
                 bar.update(1)
-                if self.step % cfg.checkpoint_every == 0 and self.rows.size:
+                if self.step % cfg.checkpoint_every == 0 and self.checkpointed_at != self.step:
                     self.checkpoint()
                 if stop:
                     break
