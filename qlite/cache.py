@@ -37,6 +37,13 @@ def _preallocated():
     return dcpl
 
 
+def sidecar_path(cache_path, suffix) -> Path:
+    """A file that belongs to a cache: ``corpus.qlite.h5`` -> ``corpus.qlite`` + suffix, next to it."""
+    p = Path(cache_path)
+    stem = p.name[:-3] if p.name.endswith(".h5") else p.name
+    return p.with_name(stem + suffix)
+
+
 def fsync_path(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -75,7 +82,7 @@ class Cache:
             raise QliteError(f"{self.path}: no such cache file (make one with `qlite build-cache`)")
         try:
             with h5py.File(self.path, "r") as f:
-                self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+                self.attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
                 # where each contiguous dataset lives in the file: all of them open as memmaps
                 self._layout = {name: (ds.id.get_offset(), ds.shape, ds.dtype) for name, ds in f.items()
                                 if isinstance(ds, h5py.Dataset) and name != "ids"}
@@ -217,7 +224,8 @@ def add_training_datasets(path, block_rows=65536) -> None:
     fsync_path(path.parent)
 
 
-def _plain(v):
+def plain_attr(v):
+    """An HDF5 attribute as a plain Python value (str, int, float, bool)."""
     if isinstance(v, bytes):
         return v.decode("utf-8")
     if isinstance(v, np.generic):

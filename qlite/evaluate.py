@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from .beir import load_qrels, load_queries
 from .cache import Cache
 from .encoder.encoder import Encoder
-from .encoder.model_dir import resolve_model
+from .encoder.model_dir import ModelSpec, resolve_model
 from .errors import QliteError
 from .index.flat import flat_search
 from .indexing import open_index
@@ -14,8 +14,8 @@ from .threads import set_threads
 from .metrics import DEFAULT_METRICS, evaluate_run, parse_metric
 
 
-def query_encoder(cache: Cache, threads=None, model_dir=None) -> Encoder:
-    """The encoder the cache was built with (queries and passages must share one model)."""
+def cache_model(cache: Cache, model_dir=None) -> ModelSpec:
+    """The model the cache was built with, found again and checked by hash."""
     a = cache.attrs
     source = model_dir or (None if a.get("model_source", "default") == "default" else a["model_source"])
     spec = resolve_model(source, int8=bool(a.get("model_int8", False)))
@@ -24,7 +24,12 @@ def query_encoder(cache: Cache, threads=None, model_dir=None) -> Encoder:
                          f"(sha256 {a.get('model_sha256', '')[:12]}), "
                          f"but the model found now is {spec.name} (sha256 {spec.sha256[:12]}); "
                          "pass the original --model DIR")
-    return Encoder(spec, max_length=a.get("max_length"), threads=threads)
+    return spec
+
+
+def query_encoder(cache: Cache, threads=None, model_dir=None) -> Encoder:
+    """The encoder the cache was built with (queries and passages must share one model)."""
+    return Encoder(cache_model(cache, model_dir), max_length=cache.attrs.get("max_length"), threads=threads)
 
 
 def encode_queries(encoder: Encoder, queries: dict[str, str], batch_size=64):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Cache
-from .encoder.model_dir import resolve_model
+from .evaluate import cache_model
 from .errors import QliteError
 from .progress import human_bytes, progress
 
@@ -62,10 +62,7 @@ def export(cache_path, out, quiet=False) -> ExportResult:
     if out.exists() and any(out.iterdir()):
         raise QliteError(f"{out} exists and is not empty; choose another --out")
     a = cache.attrs
-    source = None if a.get("model_source", "default") == "default" else a["model_source"]
-    spec = resolve_model(source, int8=bool(a.get("model_int8", False)))
-    if spec.sha256 != a.get("model_sha256"):
-        raise QliteError(f"the model found now is not the one {cache.path} was encoded with")
+    spec = cache_model(cache)
     enc_dir = out / "query_encoder"
     enc_dir.mkdir(parents=True)
     head = cache.head()

@@ -8,6 +8,8 @@ import click
 
 
 class _Silent:
+    label = ""
+
     def update(self, n, current_item=None):
         pass
 

@@ -103,6 +103,24 @@ def write_jsonl(path, records, gz=False):
     return Path(path)
 
 
+def kill_when(cmd, reached, timeout=120) -> bool:
+    """Run ``cmd``; SIGKILL it as soon as ``reached()`` holds.  False if it ended first."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not reached() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 @pytest.fixture
 def small_corpus(tmp_path):
     return write_jsonl(tmp_path / "corpus.jsonl", demo_docs(40))

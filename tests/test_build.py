@@ -1,8 +1,5 @@
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -14,7 +11,7 @@ from qlite.encoder.encoder import Encoder
 from qlite.encoder.model_dir import resolve_model
 from qlite.errors import QliteError
 
-from .conftest import demo_docs, write_jsonl
+from .conftest import demo_docs, kill_when, write_jsonl
 
 
 def test_build_matches_direct_encoding_and_records_metadata(tmp_path, tiny_model, small_corpus):
@@ -99,14 +96,7 @@ def test_kill_9_then_rerun_resumes_to_identical_embeddings(tmp_path, tiny_model)
     out = tmp_path / "killed.h5"
     kills, seen = 0, []
     for target in (20, 90, 180):
-        proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while _rows_done(out) < target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += kill_when(args + ["--out", str(out)], lambda: _rows_done(out) >= target, timeout=60)
         done = _rows_done(out)
         seen.append(done)
         with Cache(out) as c:  # never unopenable, never claims more than it has

@@ -1,9 +1,6 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from qlite.train.checkpoint import checkpoint_path, log_path
 from qlite.train.config import TrainConfig, lr_factor
 from qlite.train.trainer import train
 
-from .conftest import demo_docs, write_jsonl
+from .conftest import demo_docs, kill_when, write_jsonl
 
 
 def test_candidates_union_dedup_insert_mask_and_budget():
@@ -143,14 +140,7 @@ def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_tas
     cmd = args[:4] + [str(path)] + args[4:]
     kills, seen = 0, []
     for target in (15, 120, 250):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
-        while _checkpoint_step(path) < target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.002)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += kill_when(cmd, lambda: _checkpoint_step(path) >= target)
         seen.append(_checkpoint_step(path))
         with Cache(path) as c:  # the cache always opens
             assert c.complete and c.trainable

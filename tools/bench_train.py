@@ -68,7 +68,6 @@ def run_qlite(a, cache_path, mem):
     cfg = TrainConfig(batch_size=B, k=K, tau=TAU, refresh_every=REFRESH, steps=10 ** 6, warmup=0.0)
     tr = Trainer(cache, cfg, train, None, {}, quiet=True)
     tr.train_q, tr.index = q, open_index(cache)
-    tr.index.codes = np.array(tr.index.codes)
     t0 = None
     for step in range(a.warmup + a.steps):
         if step == a.warmup:
@@ -126,7 +125,6 @@ def run_torch(a, cache_path, mem):
     cache = Cache(cache_path)
     q_all, train = load_task(a, cache)
     index = open_index(cache)
-    index.codes = np.array(index.codes)
     if a.child == "torch+faiss":
         index = FaissMiner(cache, index.params, a.child_threads)
         mem.peak = {k: 0 for k in mem.peak}  # the build is not part of training

@@ -20,6 +20,7 @@ from qlite.build import build_cache
 from qlite.evaluate import evaluate
 from qlite.index.store import default_index_path
 from qlite.indexing import build_index
+from qlite.train.checkpoint import checkpoint_path, log_path
 from qlite.train.config import TrainConfig
 from qlite.train.trainer import train
 
@@ -31,8 +32,8 @@ VARIANTS = {"head only": {"train_cache": False}, "cache only": {"train_head": Fa
 def copy_pair(src: Path, dst: Path):
     for a, b in ((src, dst), (default_index_path(src), default_index_path(dst))):
         shutil.copy(a, b)
-    for suffix in (".train.h5", ".train.jsonl"):
-        dst.with_name(dst.name[:-3] + suffix).unlink(missing_ok=True)
+    for stale in (checkpoint_path(dst), log_path(dst)):  # a copy starts a fresh run
+        stale.unlink(missing_ok=True)
 
 
 def run_dataset(name, data: Path, work: Path, threads, log):

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..cache import fsync_path
+from ..cache import fsync_path, plain_attr, sidecar_path
 from ..errors import QliteError
 from .ivfpq import IVFPQIndex, IVFPQParams
 
@@ -16,9 +16,7 @@ FORMAT = "qlite-ivfpq-1"
 
 
 def default_index_path(cache_path) -> Path:
-    p = Path(cache_path)
-    stem = p.name[:-3] if p.name.endswith(".h5") else p.name
-    return p.with_name(stem + ".ivfpq.h5")
+    return sidecar_path(cache_path, ".ivfpq.h5")
 
 
 def save_index(index: IVFPQIndex, path, extra_attrs=None) -> Path:
@@ -55,7 +53,7 @@ def write_index(group, index: IVFPQIndex):
 def read_index(group, codes=True) -> IVFPQIndex:
     """An index from an HDF5 group (codes read into memory unless ``codes`` is False)."""
     fields = IVFPQParams.__dataclass_fields__
-    index = IVFPQIndex(IVFPQParams(**{k: _plain(group.attrs[k]) for k in fields if k in group.attrs}))
+    index = IVFPQIndex(IVFPQParams(**{k: plain_attr(group.attrs[k]) for k in fields if k in group.attrs}))
     index.coarse = group["coarse"][...]
     index.pq.codebooks = group["codebooks"][...]
     index.rotation = group["rotation"][...] if "rotation" in group else None
@@ -64,10 +62,6 @@ def read_index(group, codes=True) -> IVFPQIndex:
     if codes:
         index.codes = group["codes"][...]
     return index
-
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
@@ -79,7 +73,7 @@ def load_index(path, mmap=True) -> tuple[IVFPQIndex, dict]:
     except OSError as exc:
         raise QliteError(f"{path}: not an index file ({exc})") from None
     with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
         if attrs.get("format") != FORMAT:
             raise QliteError(f"{path}: not a qlite IVF-PQ index")
         codes = f["codes"]

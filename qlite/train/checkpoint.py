@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cache import fsync_path
+from ..cache import fsync_path, sidecar_path
 from ..errors import QliteError
 from ..index.store import read_index, write_index
 
@@ -26,13 +26,11 @@ FLAGS = ("stale", "changed")
 
 
 def checkpoint_path(cache_path) -> Path:
-    p = Path(cache_path)
-    stem = p.name[:-3] if p.name.endswith(".h5") else p.name
-    return p.with_name(stem + ".train.h5")
+    return sidecar_path(cache_path, ".train.h5")
 
 
 def log_path(cache_path) -> Path:
-    return checkpoint_path(cache_path).with_suffix(".jsonl")
+    return sidecar_path(cache_path, ".train.jsonl")
 
 
 def write_checkpoint(path, meta: dict, arrays: dict, flags: dict, index, before_replace=None) -> None:

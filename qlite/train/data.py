@@ -1,7 +1,6 @@
 """Training and dev queries: (query, positive rows) from BEIR files, mapped to cache rows."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from ..beir import load_qrels, load_queries
 from ..cache import Cache
+from ..encoder.model_dir import file_sha256
 from ..errors import QliteError
 
 
@@ -29,20 +29,8 @@ class QuerySet:
     def subset(self, idx) -> "QuerySet":
         idx = list(idx)
         parts = [self.positives(i) for i in idx]
-        ptr = np.zeros(len(idx) + 1, np.int64)
-        ptr[1:] = np.cumsum([len(p) for p in parts])
         qids = [self.qids[i] for i in idx]
-        return QuerySet(qids, [self.texts[i] for i in idx], ptr,
-                        np.concatenate(parts) if parts else np.zeros(0, np.int64),
-                        {q: self.qrels[q] for q in qids})
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return QuerySet(qids, [self.texts[i] for i in idx], *_csr(parts), {q: self.qrels[q] for q in qids})
 
 
 def load_query_set(cache: Cache, queries: dict, qrels_path) -> QuerySet:
@@ -64,9 +52,14 @@ def load_query_set(cache: Cache, queries: dict, qrels_path) -> QuerySet:
     if not qids:
         raise QliteError(f"{qrels_path}: no query has both a text in the queries file and a relevant passage "
                          f"in {cache.path}")
-    ptr = np.zeros(len(qids) + 1, np.int64)
+    return QuerySet(qids, texts, *_csr(parts), kept)
+
+
+def _csr(parts):
+    """(ptr, rows): the arrays in ``parts`` concatenated, part i at rows[ptr[i]:ptr[i + 1]]."""
+    ptr = np.zeros(len(parts) + 1, np.int64)
     ptr[1:] = np.cumsum([len(p) for p in parts])
-    return QuerySet(qids, texts, ptr, np.concatenate(parts).astype(np.int64), kept)
+    return ptr, np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def load_training_queries(cache: Cache, queries_path, qrels_path, dev_qrels_path=None, dev_fraction=0.1, seed=0):

@@ -25,6 +25,7 @@ from ..evaluate import encode_queries, query_encoder, rows_to_run
 from ..index.store import default_index_path, save_index
 from ..indexing import build_index, cache_identity, open_index
 from ..metrics import evaluate_run
+from ..progress import progress
 from ..threads import set_threads
 from .candidates import build_candidates
 from .checkpoint import checkpoint_path, log_path, read_checkpoint, write_checkpoint
@@ -86,6 +87,7 @@ class Trainer:
         self.window = []  # losses since the last log line
         self._sync = None  # background fsync of the rows the last checkpoint wrote into the cache
         self.checkpointed_at = -1
+        self._order = (-1, None)  # (epoch, its permutation of the training queries)
 
     # -- start / resume ------------------------------------------------------------------------
     def start(self, threads):
@@ -98,7 +100,6 @@ class Trainer:
             self.echo(f"no index yet: building one with the defaults ({default_index_path(self.cache.path)})", err=True)
             build_index(self.cache.path, threads=threads, quiet=self.quiet)
             self.index = open_index(self.cache)
-        self.index.codes = np.array(self.index.codes)  # updated in place while training
         if self.dev_set is not None:
             self.best_score = self.start_score = self.evaluate()
             self._log({"step": 0, f"dev_{DEV_METRIC}": self.best_score, "best": True})
@@ -129,7 +130,9 @@ class Trainer:
         """(query indices, positive rows) of ``step`` (from 1): a function of (seed, epoch, step) only."""
         cfg, n = self.cfg, len(self.train_set)
         epoch, i = divmod(step - 1, self.steps_per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([cfg.seed, epoch]).permutation(n))
+        order = self._order[1]
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         pick = np.random.default_rng([cfg.seed, epoch, i, 1])
         ptr = self.train_set.pos_ptr
@@ -196,7 +199,6 @@ class Trainer:
         self.checkpoint()  # the cache now holds every current row: train the codebooks on it
         t0 = time.perf_counter()
         self.index.retrain(self.cache.embeddings)
-        self.index.codes = np.array(self.index.codes)
         self.stale[:] = False
         self.timings["refresh"] += time.perf_counter() - t0
 
@@ -224,22 +226,12 @@ class Trainer:
         return False
 
     def snapshot_best(self):
-        rows = np.flatnonzero(self.changed)
-        best = self.cache.array("best_embeddings", True)
-        for s in range(0, len(rows), 65536):
-            block = rows[s:s + 65536]
-            best[block] = self.cache.embeddings[block]
-        best.flush()
+        _copy_rows(self.cache.embeddings, self.cache.array("best_embeddings", True), np.flatnonzero(self.changed))
         self.changed[:] = False
         self.best_copy_pending = False
 
     def restore_best(self):
-        rows = np.flatnonzero(self.changed)
-        best = self.cache.array("best_embeddings", False)
-        for s in range(0, len(rows), 65536):
-            block = rows[s:s + 65536]
-            self.cache.embeddings[block] = best[block]
-        self.cache.embeddings.flush()
+        _copy_rows(self.cache.array("best_embeddings", False), self.cache.embeddings, np.flatnonzero(self.changed))
         self.head = self.best_head.copy()
         self._write_head()
 
@@ -287,7 +279,7 @@ class Trainer:
     # -- the run ------------------------------------------------------------------------------
     def run(self):
         cfg = self.cfg
-        with _bar(self.total, self.quiet) as bar:
+        with progress(self.total, "training", self.quiet) as bar:
             bar.update(self.step)
             t_last, s_last = time.perf_counter(), self.step
             while self.phase == "training" and self.step < self.total:
@@ -352,15 +344,11 @@ class Trainer:
         self.window = []
 
 
-def _bar(total, quiet):
-    from contextlib import nullcontext
-
-    from ..progress import _Silent
-
-    if quiet:
-        return nullcontext(type("Bar", (_Silent,), {"label": ""})())
-    import sys
-    return click.progressbar(length=total, label="training", file=sys.stderr, show_pos=True, show_eta=True, width=20)
+def _copy_rows(src, dst, rows, block=65536):
+    """dst[rows] = src[rows] between memmaps, a block at a time, then flushed."""
+    for s in range(0, len(rows), block):
+        dst[rows[s:s + block]] = src[rows[s:s + block]]
+    dst.flush()
 
 
 def _truncate_log(path, step):
