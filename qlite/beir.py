@@ -1,4 +1,4 @@
-"""Readers for BEIR-format inputs: corpus/queries JSON lines (optionally gzipped) and qrels TSV.
+"""Readers for BEIR-format inputs: corpus/queries JSON lines and qrels (BEIR TSV or TREC), optionally gzipped.
 
 Every problem is reported as ``file:line: what is wrong``; nothing is guessed.
 """
@@ -7,59 +7,161 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, QliteError
+from .errors import InputError
+
+MAX_LINE_BYTES = 64 << 20  # a longer line is an error (a JSON array file, a binary file), not read whole
+MAX_ID_BYTES = 1024  # ids are stored fixed-width (count x longest id), so one huge id would blow up memory
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _open_binary(path):
-    path = Path(path)
-    if not path.is_file():
-        raise QliteError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise InputError(path, None, "is a directory, expected a file")
+        if not p.exists():
+            raise InputError(path, None, "no such file")
+        if not p.is_file():
+            raise InputError(path, None, "not a regular file")
+        return gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
+    except (OSError, ValueError) as exc:  # permissions, a name too long, a NUL in the name
+        raise InputError(path, None, f"cannot open ({_one_line(exc)})") from None
+
+
+def _read_error(exc) -> str:
+    if isinstance(exc, EOFError):
+        return "compressed data ends early (truncated file?)"
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"not valid gzip data ({_one_line(exc)})"
+    if isinstance(exc, zlib.error):
+        return f"corrupt compressed data ({_one_line(exc)})"
+    return f"cannot read ({_one_line(exc)})"
+
+
+def _first_line_problem(path, raw: bytes):
+    if raw.startswith(_UTF16_BOMS):
+        return "UTF-16 text (it starts with a UTF-16 byte-order mark); convert it to UTF-8"
+    if raw.startswith(_GZIP_MAGIC) and Path(path).suffix != ".gz":
+        return "gzip-compressed data in a file not named *.gz; rename it to end in .gz"
+    return None
 
 
 def iter_lines(path, hasher=None):
-    """(line number, decoded text) for each non-blank line; ``hasher`` sees every decompressed byte."""
+    """(line number, decoded text) for each non-blank line; ``hasher`` sees every decompressed byte.
+
+    A UTF-8 byte-order mark at the start is skipped; CRLF line ends are fine (callers strip or split).
+    """
     with _open_binary(path) as f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                if hasher is not None:
-                    hasher.update(raw)
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(path, lineno, f"not valid UTF-8 (byte {exc.start})") from None
-                if line.strip():
-                    yield lineno, line
-        except (OSError, EOFError) as exc:  # truncated or corrupt gzip
-            raise InputError(path, None, f"cannot read ({exc})") from None
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                raw = f.readline(MAX_LINE_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip, I/O error
+                raise InputError(path, lineno, _read_error(exc)) from None
+            if not raw:
+                return
+            if hasher is not None:
+                hasher.update(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise InputError(path, lineno, f"line longer than {MAX_LINE_BYTES:,} bytes")
+            if lineno == 1:
+                if raw.startswith(_UTF8_BOM):
+                    raw = raw[len(_UTF8_BOM):]
+                problem = _first_line_problem(path, raw)
+                if problem:
+                    raise InputError(path, lineno, problem)
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise InputError(path, lineno, f"NUL byte at byte {nul} (binary or corrupt file?)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(path, lineno, f"not valid UTF-8 (byte {exc.start})") from None
+            if line.strip():
+                yield lineno, line
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _check_id(path, lineno, value) -> str:
+    """The id as a string: JSON integers are taken as their decimal spelling; floats are refused
+    (``1.0`` or ``1e3`` have no single spelling that the qrels are sure to use: quote the id)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        raise InputError(path, lineno, f"_id {value!r} is a number with a fraction or exponent; "
+                                       "write the id as a JSON string")
+    if not isinstance(value, str) or not value:
+        got = "an empty string" if value == "" else _json_type(value)
+        raise InputError(path, lineno, f"_id must be a non-empty string (got {got})")
+    # fast path: every whitespace character but " " is non-printable, and so is NUL
+    bad = not value.isprintable() or " " in value
+    for i, c in enumerate(value if bad else ""):
+        if c.isspace() or c == "\0":
+            what = "a NUL character" if c == "\0" else "whitespace"
+            raise InputError(path, lineno, f"_id {value!r} contains {what} (U+{ord(c):04X} at position {i}); "
+                                           "ids go into whitespace-separated run files, so they cannot")
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InputError(path, lineno, f"_id is longer than {MAX_ID_BYTES} bytes")
+    return value
+
+
+def _check_encodable(path, lineno, name, value):
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(path, lineno, f"{name} contains an unpaired surrogate "
+                                       f"(\\u{ord(value[exc.start]):04x}), which is not valid text") from None
 
 
 def _record(path, lineno, line, fields):
     try:
         obj = json.loads(line)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise InputError(path, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(path, lineno, "malformed JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise InputError(path, lineno, f"malformed JSON ({_one_line(exc)})") from None
     if not isinstance(obj, dict):
-        raise InputError(path, lineno, "expected a JSON object")
+        raise InputError(path, lineno, f"expected a JSON object, got {_json_type(obj)}")
     for name in fields:
         if name not in obj:
             raise InputError(path, lineno, f"missing field {name!r}")
-    _id = obj["_id"]
-    if isinstance(_id, int) and not isinstance(_id, bool):
-        obj["_id"] = _id = str(_id)
-    if not isinstance(_id, str) or not _id:
-        raise InputError(path, lineno, "_id must be a non-empty string")
+    obj["_id"] = _check_id(path, lineno, obj["_id"])
     for name in ("text", "title"):
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
-            raise InputError(path, lineno, f"{name} must be a string")
+            raise InputError(path, lineno, f"{name} must be a string (got {_json_type(value)})")
+    if "\\u" in line:  # only a \u escape can smuggle in a lone surrogate
+        for name in ("_id", "text", "title"):
+            if isinstance(obj.get(name), str):
+                _check_encodable(path, lineno, name, obj[name])
     return obj
 
 
@@ -139,23 +241,42 @@ def load_queries(path) -> dict[str, str]:
     return queries
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_GRADE = 2**31 - 1
+
+
+def _grade(path, lineno, text: str) -> int:
+    """A relevance grade: an integer, also written as ``1.0`` or ``1e0``; fractions and huge values are refused."""
+    value = float(text) if len(text) <= 40 else float("inf")
+    if not value.is_integer() or abs(value) > _MAX_GRADE:
+        raise InputError(path, lineno, f"score {text!r} is not an integer relevance grade")
+    return int(value)
+
+
 def load_qrels(path) -> dict[str, dict[str, int]]:
-    """query id -> {doc id: graded relevance}; the header line is optional."""
+    """query id -> {doc id: graded relevance}.
+
+    Columns are separated by any whitespace (tabs as in BEIR, spaces as in trec_eval): 3 columns are
+    ``query-id corpus-id score``, 4 are TREC's ``query-id iteration corpus-id relevance``.  The first
+    line is a header, and skipped, when its score column is not a number.
+    """
     qrels: dict[str, dict[str, int]] = {}
+    first = True
     for lineno, line in iter_lines(path):
-        cols = line.rstrip("\r\n").split("\t")
-        if lineno == 1 and cols[:2] == ["query-id", "corpus-id"]:
-            continue
+        cols = line.split()
         if len(cols) == 4:  # TREC qrels: qid iter docid rel
             cols = [cols[0], cols[2], cols[3]]
         if len(cols) != 3:
-            raise InputError(path, lineno, f"expected 3 tab-separated columns (query-id, corpus-id, score), "
-                                           f"got {len(cols)}")
-        try:
-            score = int(float(cols[2]))
-        except ValueError:
-            raise InputError(path, lineno, f"score {cols[2]!r} is not a number") from None
-        qrels.setdefault(cols[0], {})[cols[1]] = score
+            raise InputError(path, lineno, f"expected 3 columns (query-id corpus-id score) or 4 (TREC: query-id "
+                                           f"iteration corpus-id relevance), got {len(cols)}")
+        is_number = _NUMBER.fullmatch(cols[2]) is not None
+        if first and not is_number:  # header
+            first = False
+            continue
+        first = False
+        if not is_number:
+            raise InputError(path, lineno, f"score {cols[2]!r} is not a number")
+        qrels.setdefault(cols[0], {})[cols[1]] = _grade(path, lineno, cols[2])
     if not qrels:
         raise InputError(path, None, "empty qrels file")
     return qrels
