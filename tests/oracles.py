@@ -47,3 +47,60 @@ def clustered(n, d, centers, seed=0, noise=0.3):
     x = c[rng.integers(centers, size=n)] + noise * rng.standard_normal((n, d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
+
+
+def probe_oracle(index, qr, nprobe):
+    """(probes, base) for rotated queries: the lists of largest 2 <q_hat, c> - ||c||^2, ties to the lower list
+    (q_hat = q / ||q|| * probe_scale for ip, q for l2); base <q, c> (ip) or -||q - c||^2 (l2)."""
+    qr = np.asarray(qr, np.float32)
+    dots = qr @ index.coarse.T
+    c_norms = np.einsum("ld,ld->l", index.coarse, index.coarse)
+    q_norms2 = np.einsum("qd,qd->q", qr, qr)
+    l2 = index.params.metric == "l2"
+    if l2:
+        scale = np.ones(len(qr), np.float32)
+    else:
+        scale = (np.float32(index.probe_scale) / np.sqrt(q_norms2)).astype(np.float32)
+    closeness = np.float32(2) * (scale[:, None] * dots) - c_norms[None]
+    lists = np.broadcast_to(np.arange(len(index.coarse)), closeness.shape)
+    probes = np.lexsort((lists, -closeness), axis=1)[:, :nprobe]
+    d = np.take_along_axis(dots, probes, 1)
+    base = -(q_norms2[:, None] - np.float32(2) * d + c_norms[probes]) if l2 else d
+    return probes, base.astype(np.float32)
+
+
+def l2_list_term_oracle(coarse_row, codebooks):
+    """||r_mj||^2 + 2 <c_m, r_mj> [M, ksub], the dot summed over the sub-space in order (as the kernel does)."""
+    M, ksub, dsub = codebooks.shape
+    c = coarse_row.reshape(M, dsub)
+    dot = np.zeros((M, ksub), np.float32)
+    for t in range(dsub):
+        dot = (dot + c[:, t, None] * codebooks[:, :, t]).astype(np.float32)
+    return ((codebooks * codebooks).sum(2) + np.float32(2) * dot).astype(np.float32)
+
+
+def ivfpq_adc_oracle(index, q, k, nprobe):
+    """Top-k by ADC over the probed lists, from the public interface only (codes_of, row_list, parameters):
+    score = base + sum_m table[m, code_m] summed in m order in float32, where table is the inner-product
+    table (ip) or 2 x it minus the list's l2 term (l2); best first, ties to the lower row, -1 pads."""
+    qr = index.rotate(q).astype(np.float32)
+    probes, base = probe_oracle(index, qr, nprobe)
+    lut = index.pq.lut_ip(qr)
+    l2 = index.params.metric == "l2"
+    out_s = np.full((len(qr), k), -np.inf, np.float32)
+    out_r = np.full((len(qr), k), -1, np.int64)
+    for i in range(len(qr)):
+        scores, rows = [], []
+        for p, lst in enumerate(probes[i]):
+            members = np.flatnonzero(index.row_list == lst)
+            codes = index.codes_of(members)
+            table = 2 * lut[i] - l2_list_term_oracle(index.coarse[lst], index.pq.codebooks) if l2 else lut[i]
+            s = np.full(len(members), base[i, p], np.float32)
+            for m in range(codes.shape[1]):
+                s = (s + table[m, codes[:, m]]).astype(np.float32)
+            scores.append(s)
+            rows.append(members)
+        s, r = np.concatenate(scores), np.concatenate(rows)
+        order = np.lexsort((r, -s))[:k]
+        out_s[i, :len(order)], out_r[i, :len(order)] = s[order], r[order]
+    return out_s, out_r

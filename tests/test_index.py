@@ -9,7 +9,7 @@ from qlite.index.pq import ProductQuantizer
 from qlite.index.scan import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
 
-from .oracles import clustered, exhaustive_ivfpq_ip, lloyd, pq_decode
+from .oracles import clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, probe_oracle
 
 
 def test_assign_matches_bruteforce():
@@ -84,26 +84,127 @@ def data():
     return x, q
 
 
-@pytest.mark.parametrize("opq", [False, True])
-def test_full_probe_equals_exhaustive_adc(data, opq):
+@pytest.mark.parametrize("metric, opq, nprobe", [("ip", False, 16), ("ip", True, 16), ("l2", False, 16),
+                                                 ("ip", False, 3), ("ip", True, 5), ("l2", True, 3)])
+def test_search_equals_the_numpy_adc_oracle(data, metric, opq, nprobe):
     x, q = data
-    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, nbits=8, opq=opq, niter=8)).retrain(x)
-    s, r = index.search(q, 10, nprobe=16)
-    want_s, want_r = exhaustive_ivfpq_ip(index, q, 10)
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, nbits=8, metric=metric, opq=opq, niter=8)).retrain(x)
+    s, r = index.search(q, 10, nprobe=nprobe)
+    want_s, want_r = ivfpq_adc_oracle(index, q, 10, nprobe)
     np.testing.assert_array_equal(r, want_r)
-    # the coarse term comes from a BLAS matmul in one and a dot in the other: last-bit differences
-    np.testing.assert_allclose(s, want_s, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(s, want_s)
+
+
+def test_probes_equal_the_oracle_and_ignore_the_query_length(data):
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(x)
+    assert index.probe_scale == pytest.approx(1.0, rel=1e-5)  # the vectors are unit length
+    probes, base = index.probe(q, 5)
+    want_p, want_b = probe_oracle(index, q, 5)
+    np.testing.assert_array_equal(probes, want_p)
+    np.testing.assert_array_equal(base, want_b)
+    # a query 7x longer probes the same lists: its scores scale, its ranking does not change
+    s, r = index.search(q, 10, nprobe=3)
+    s7, r7 = index.search(7 * q, 10, nprobe=3)
+    np.testing.assert_array_equal(index.probe(7 * q, 5)[0], probes)
+    np.testing.assert_array_equal(r7, r)
+    np.testing.assert_allclose(s7, 7 * s, rtol=1e-5, atol=1e-5)
+
+
+def test_results_independent_of_threads_and_batching(data):
+    import numba
+
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(x)
+    before = numba.get_num_threads()
+    try:
+        batched, single = [], []
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS), before}):
+            numba.set_num_threads(threads)
+            batched.append(index.search(q, 20, nprobe=4))
+            one = [index.search(q[i], 20, nprobe=4) for i in range(len(q))]
+            single.append((np.concatenate([a for a, _ in one]), np.concatenate([b for _, b in one])))
+    finally:
+        numba.set_num_threads(before)
+    for results in (batched, single):
+        for s, r in results[1:]:
+            np.testing.assert_array_equal(r, results[0][1])
+            np.testing.assert_array_equal(s, results[0][0])
+    # the BLAS may round the last bit of the tables differently for a batch of one than for 50
+    np.testing.assert_array_equal(single[0][1], batched[0][1])
+    np.testing.assert_allclose(single[0][0], batched[0][0], rtol=1e-6, atol=1e-6)
+
+
+def test_short_lists_pad_with_minus_one(data):
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=4)).retrain(x[:300])
+    s, r = index.search(q[:3], 400, nprobe=16)
+    assert (r[:, :300] >= 0).all() and (r[:, 300:] == -1).all() and np.isneginf(s[:, 300:]).all()
+    assert all(len(set(row[:300])) == 300 for row in r)
+
+
+def test_replaced_parameters_are_used_by_the_next_search(data):
+    """coarse, codebooks and rotation are plain attributes: nothing derived from them is cached."""
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8, opq=True)).retrain(x)
+    index.search(q, 10, nprobe=4)
+    rng = np.random.default_rng(5)
+    index.pq.codebooks = index.pq.codebooks + 0.05 * rng.standard_normal(index.pq.codebooks.shape).astype(np.float32)
+    index.coarse = index.coarse + 0.05 * rng.standard_normal(index.coarse.shape).astype(np.float32)
+    index.rotation = np.linalg.qr(rng.standard_normal((32, 32)))[0].astype(np.float32)
+    for metric in ("ip", "l2"):
+        index.params = IVFPQParams(**{**index.describe(), "metric": metric})
+        s, r = index.search(q, 10, nprobe=4)
+        want_s, want_r = ivfpq_adc_oracle(index, q, 10, 4)
+        np.testing.assert_array_equal(r, want_r)
+        np.testing.assert_array_equal(s, want_s)
+
+
+def test_l2_list_term_kernel_equals_the_oracle(data):
+    from qlite.index.scan import l2_list_terms
+
+    x, _ = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=4, metric="l2")).retrain(x)
+    cb = index.pq.codebooks
+    out = np.empty(cb.shape[:2], np.float32)
+    for lst in (0, 7, 15):
+        l2_list_terms(index.coarse, lst, cb, (cb * cb).sum(2), out)
+        np.testing.assert_array_equal(out, l2_list_term_oracle(index.coarse[lst], cb))
+
+
+def test_lut_is_the_inner_product_table(data):
+    x, q = data
+    pq = ProductQuantizer(32, 8, 8).train(x, niter=4)
+    lut = pq.lut_ip(q)
+    want = np.einsum("qmd,mjd->qmj", q.reshape(len(q), 8, 4).astype(np.float64), pq.codebooks.astype(np.float64))
+    assert lut.shape == (len(q), 8, 256) and lut.dtype == np.float32 and lut.flags.c_contiguous
+    np.testing.assert_allclose(lut, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("opq", [False, True])
-def test_reconstruct_scores_equal_the_adc_scores(data, opq):
-    """q . reconstruct(x) is exactly what the index's ADC scan scores (the straight-through target)."""
+def test_quantize_scores_equal_the_adc_scores(data, opq):
+    """q . quantize(x) is exactly what the index's ADC scan scores (the straight-through target)."""
     x, q = data
     index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, nbits=8, opq=opq, niter=8)).retrain(x)
     s, r = index.search(q, 10, nprobe=16)
-    recon = index.reconstruct(x[r.ravel()]).reshape(r.shape + (32,))
+    recon = index.quantize(x[r.ravel()]).reshape(r.shape + (32,))
     np.testing.assert_allclose(np.einsum("qkd,qd->qk", recon, q), s, rtol=1e-4, atol=1e-4)
-    assert np.abs(index.reconstruct(x) - x).mean() < np.abs(x).mean()  # and it is close to x
+    assert np.abs(index.quantize(x) - x).mean() < np.abs(x).mean()  # and it is close to x
+
+
+def test_codes_of_are_the_encoded_residuals_and_the_layout_is_consistent(data):
+    x, _ = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=4, opq=True)).retrain(x)
+    labels, codes = index._encode(index.rotate(x))
+    np.testing.assert_array_equal(index.row_list, labels)
+    np.testing.assert_array_equal(index.codes_of(np.arange(len(x))), codes)
+    assert index.ntotal == len(x) and index.list_sizes.sum() == len(x)
+    for lst in range(16):  # each list: its rows in row order, then -1 padding to a whole block
+        slots = index.list_rows[index.block_offsets[lst] * 32:index.block_offsets[lst + 1] * 32]
+        n = index.list_sizes[lst]
+        np.testing.assert_array_equal(slots[:n], np.flatnonzero(labels == lst))
+        assert (slots[n:] == -1).all() and len(slots) - n < 32
+    np.testing.assert_array_equal(index.list_rows[index.row_slot], np.arange(len(x)))
 
 
 @pytest.mark.parametrize("metric, opq", [("ip", False), ("ip", True), ("l2", False)])
@@ -127,8 +228,40 @@ def test_save_load_identical_results(tmp_path, data):
     path = save_index(index, tmp_path / "i.h5")
     loaded, attrs = load_index(path)
     assert isinstance(loaded.codes, np.memmap) and attrs["nlist"] == 16 and loaded.params == index.params
+    assert loaded.probe_scale == index.probe_scale
     for a, b in zip(index.search(q, 10, nprobe=4), loaded.search(q, 10, nprobe=4)):
         np.testing.assert_array_equal(a, b)
+    # a memory-mapped index still updates (its codes are copied first)
+    assert loaded.update(np.arange(5), x[:5][::-1]) >= 0
+    np.testing.assert_array_equal(loaded.codes_of(np.arange(5)), loaded._encode(loaded.rotate(x[:5][::-1]))[1])
+
+
+def test_index_in_a_group_of_a_larger_file_is_memory_mapped(tmp_path, data):
+    import h5py
+
+    from qlite.index.store import read_index, write_index
+
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=5, opq=True)).retrain(x)
+    with h5py.File(tmp_path / "run.h5", "w") as f:
+        f["other"] = np.arange(1000)
+        write_index(f.create_group("state/index"), index)
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        mapped = read_index(f["state/index"], mmap=True)
+        in_memory = read_index(f["state/index"])
+    assert isinstance(mapped.codes, np.memmap) and not isinstance(in_memory.codes, np.memmap)
+    for other in (mapped, in_memory):
+        for a, b in zip(index.search(q, 10, nprobe=4), other.search(q, 10, nprobe=4)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_old_index_files_are_refused(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.attrs["format"] = "qlite-ivfpq-1"
+    with pytest.raises(QliteError, match="rebuild it"):
+        load_index(tmp_path / "old.h5")
 
 
 def test_update_equals_rebuild_with_same_codebooks(data):
@@ -142,15 +275,17 @@ def test_update_equals_rebuild_with_same_codebooks(data):
     assert moved > 0
     fresh = IVFPQIndex(index.params)
     fresh.coarse, fresh.pq.codebooks, fresh.rotation = index.coarse, index.pq.codebooks, index.rotation
+    fresh.probe_scale = index.probe_scale
     fresh.add(x2)
-    np.testing.assert_array_equal(index.offsets, fresh.offsets)
-    np.testing.assert_array_equal(index.list_rows, fresh.list_rows)
-    np.testing.assert_array_equal(index.codes, fresh.codes)
+    for name in ("block_offsets", "list_sizes", "list_rows", "row_list", "row_slot", "codes"):
+        np.testing.assert_array_equal(getattr(index, name), getattr(fresh, name))
     for a, b in zip(index.search(q, 10, nprobe=4), fresh.search(q, 10, nprobe=4)):
         np.testing.assert_array_equal(a, b)
     # a row that stays in its list is rewritten in place, without a relayout
     r = int(rows[0])
-    assert index.update([r], x2[[r]] * 1.0) == 0
+    codes_before = index.codes
+    assert index.update([r], x2[[r]] * 0.9) == 0 and index.codes is codes_before
+    np.testing.assert_array_equal(index.codes_of([r]), index._encode(index.rotate(x2[[r]] * 0.9))[1])
 
 
 def test_bad_index_parameters(data):

@@ -1,24 +1,59 @@
 """IVF-PQ: a coarse quantizer (nlist centroids) plus product-quantized residuals in inverted lists.
 
-Layout (CSR): the codes of list l are ``codes[offsets[l]:offsets[l + 1]]`` (uint8 [n, M], one row of
-M bytes per vector, scanned sequentially) and ``list_rows`` gives each code's cache row.  Per row,
-``row_list`` / ``row_slot`` say where its code lives, so ``update`` can rewrite codes in place.
-With OPQ, every vector is first rotated by an orthogonal R (inner products and distances unchanged).
+Lists are stored in blocks of 32 codes (layout.py): list l owns blocks
+``block_offsets[l]:block_offsets[l + 1]``, its ``list_sizes[l]`` codes in the first slots, and
+``list_rows`` gives each slot's cache row (-1 for padding).  Per row, ``row_list`` / ``row_slot``
+say where its code lives, so ``update`` can rewrite codes in place; ``codes_of(rows)`` reads them
+back unpacked whatever the layout.  With OPQ, every vector is first rotated by an orthogonal R
+(inner products and distances unchanged).
+
+The learned parameters are plain attributes (``coarse`` [nlist, d] in the rotated space,
+``pq.codebooks`` [M, ksub, dsub], ``rotation`` [d, d] or None, ``probe_scale``); everything derived
+from them is derived per search, so they may be replaced between searches.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 
 from ..errors import QliteError
 from .kmeans import assign, kmeans, sample_rows
+from .layout import block_layout, pack_bytes, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
-from .scan import counting_sort_lists, gather_rows_u8, scan_ip, scan_l2
+from .scan import (counting_sort_lists, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
+                   select_probes, select_probes_serial)
 
 ADD_BLOCK = 65536
+# queries searched per pass: bounds the tables (M x ksub floats each) and the per-thread heaps
+SEARCH_MEMORY_BYTES = 64 << 20
+# below this many queries the probe selection and heap merge run without a parallel region
+SERIAL_BELOW = 8
+_blas_libraries = None
+
+
+class one_blas_thread:
+    """Context: the BLAS on one thread.  Its idle workers spin for tens of ms after each call; during a
+    search they take the cores the Numba scan runs on (measured: the batched table product ran 35x
+    slower with two BLAS threads on a busy 2-core machine, and the scan after it 1.5x slower).
+    Sets the libraries' thread count directly: threadpoolctl's limit() costs ~20 us per use."""
+
+    def __enter__(self):
+        global _blas_libraries
+        if _blas_libraries is None:
+            from threadpoolctl import ThreadpoolController
+            _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.before = [lib.num_threads for lib in _blas_libraries]
+        for lib in _blas_libraries:
+            lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in zip(_blas_libraries, self.before):
+            lib.set_num_threads(n)
 
 
 @dataclass(frozen=True)
@@ -61,7 +96,8 @@ class IVFPQParams:
 
     @property
     def bytes_per_vector(self) -> float:
-        return self.m * self.nbits / 8
+        """Code bytes stored per vector (each sub-code takes one byte; block padding not counted)."""
+        return float(self.m)
 
 
 class IVFPQIndex:
@@ -70,12 +106,9 @@ class IVFPQIndex:
         self.pq = ProductQuantizer(params.dim, params.m, params.nbits)
         self.rotation = None  # [d, d] or None
         self.coarse = None  # [nlist, d] in the rotated space
-        self.ntotal = 0
-        self.codes = np.zeros((0, params.m), np.uint8)
-        self.offsets = np.zeros(params.nlist + 1, np.int64)
-        self.list_rows = np.zeros(0, np.int64)
-        self.row_list = np.zeros(0, np.int32)
-        self.row_slot = np.zeros(0, np.int64)
+        self.probe_scale = 1.0  # mean norm of the training vectors: queries are probed at this length
+        self._install(np.zeros(params.nlist + 1, np.int64), np.zeros(params.nlist, np.int64), np.zeros(0, np.int64),
+                      np.zeros(0, np.int32), np.zeros((0, params.m, 32), np.uint8))
 
     # -- training -----------------------------------------------------------------------------
     @property
@@ -99,6 +132,7 @@ class IVFPQIndex:
         # the residual quantizer is trained on residuals of a subsample of (at most 256 x ksub) rows
         rows = sample_rows(len(source), self.pq.ksub, p.max_points_per_centroid, rng)
         x = np.ascontiguousarray(source[rows], np.float32)
+        self.probe_scale = float(np.linalg.norm(x, axis=1).astype(np.float64).mean())
         residuals = x - self.coarse[assign(x, self.coarse)[0]]
         if p.opq:
             self.rotation = train_opq(residuals, self.pq, seed=p.seed, final_niter=p.pq_niter)
@@ -132,16 +166,22 @@ class IVFPQIndex:
         return self
 
     def _layout(self, codes_by_row, row_list):
-        self.offsets, order = counting_sort_lists(row_list, self.params.nlist)
-        self.codes = gather_rows_u8(codes_by_row, order)
-        self.set_lists(order, row_list)
+        block_offsets, list_sizes, list_rows = block_layout(row_list, self.params.nlist)
+        self._install(block_offsets, list_sizes, list_rows, row_list, pack_bytes(codes_by_row, list_rows))
 
-    def set_lists(self, list_rows, row_list):
-        """Install the list layout and derive where each row's code lives."""
-        self.list_rows, self.row_list = list_rows, row_list
-        self.row_slot = np.full(len(row_list), -1, np.int64)
-        self.row_slot[list_rows] = np.arange(len(list_rows))
-        self.ntotal = len(list_rows)
+    def _install(self, block_offsets, list_sizes, list_rows, row_list, codes):
+        """Install a list layout and derive where each row's code lives."""
+        self.block_offsets, self.list_sizes, self.list_rows = block_offsets, list_sizes, list_rows
+        self.row_list, self.codes = row_list, codes
+        self.row_slot = slots_of_rows(list_rows, len(row_list))
+        self.ntotal = int(list_sizes.sum())
+
+    def codes_of(self, rows) -> np.ndarray:
+        """The stored PQ codes of cache rows, unpacked: uint8 [n, M]."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.row_slot)):
+            raise QliteError("codes_of: row out of range")
+        return read_codes(self.codes, self.row_slot[rows], self.params.m, False)
 
     def update(self, rows, vectors):
         """Re-encode changed rows.  Rows staying in their list are rewritten in place (cost ~ rows
@@ -155,18 +195,17 @@ class IVFPQIndex:
         if not self.codes.flags.writeable:
             self.codes = np.array(self.codes)
         same = new_list == self.row_list[rows]
-        self.codes[self.row_slot[rows[same]]] = new_codes[same]
+        write_codes(self.codes, self.row_slot[rows[same]], new_codes[same], False)
         moved = int((~same).sum())
         if moved:
-            codes_by_row = np.empty((len(self.row_list), self.params.m), np.uint8)
-            codes_by_row[self.list_rows] = self.codes
+            codes_by_row = self.codes_of(np.arange(len(self.row_list)))
             codes_by_row[rows[~same]] = new_codes[~same]
             row_list = np.array(self.row_list)
             row_list[rows[~same]] = new_list[~same]
             self._layout(codes_by_row, row_list)
         return moved
 
-    def reconstruct(self, x) -> np.ndarray:
+    def quantize(self, x) -> np.ndarray:
         """What the index would store for vectors ``x``: coarse centroid + PQ codeword, rotated back."""
         labels, codes = self._encode(self.rotate(x))
         recon = self.coarse[labels] + self.pq.decode(codes)
@@ -174,11 +213,34 @@ class IVFPQIndex:
             recon = recon @ self.rotation.T
         return np.ascontiguousarray(recon, np.float32)
 
+    def reconstruct(self, x) -> np.ndarray:
+        """Deprecated name of :meth:`quantize` (kept until qlite/train calls ``quantize``)."""
+        return self.quantize(x)
+
     def retrain(self, source):
         self.train(source)
         return self.add(source)
 
     # -- search -------------------------------------------------------------------------------
+    def probe(self, q_rot, nprobe):
+        """(probes [nq, nprobe] int64, base [nq, nprobe] float32) for rotated queries.
+
+        Lists are ranked by L2 closeness 2 <q_hat, c> - ||c||^2 of q_hat = q / ||q|| * probe_scale, so
+        probing does not depend on the query's length (for ip; l2 probes with q itself, whose length
+        matters).  base is the list's share of the score: <q, c> for ip, -||q - c||^2 for l2.
+        """
+        l2 = self.params.metric == "l2"
+        dots = q_rot @ self.coarse.T
+        c_norms = np.einsum("ld,ld->l", self.coarse, self.coarse)
+        q_norms2 = np.einsum("qd,qd->q", q_rot, q_rot)
+        if l2:
+            q_scale = np.ones(len(q_rot), np.float32)
+        else:
+            norms = np.sqrt(q_norms2)
+            q_scale = np.where(norms > 0, np.float32(self.probe_scale) / np.maximum(norms, 1e-30), 0).astype(np.float32)
+        select = select_probes_serial if len(q_rot) < SERIAL_BELOW else select_probes
+        return select(dots, c_norms, q_scale, q_norms2, l2, nprobe)
+
     def search(self, queries, k, nprobe=16, rerank=0, source=None):
         """(scores [nq, k], rows [nq, k]) best first; rows are cache rows (-1 pads short lists).
 
@@ -190,26 +252,38 @@ class IVFPQIndex:
             raise QliteError(f"--nprobe must be positive (got {nprobe})")
         if not self.is_trained:
             raise QliteError("the index is not trained")
-        q = np.ascontiguousarray(self.rotate(np.atleast_2d(queries)), np.float32)
-        nprobe = min(nprobe, self.params.nlist)
-        depth = max(k, rerank)
-        dots = q @ self.coarse.T
-        if nprobe < self.params.nlist:
-            # probe the L2 cells nearest to q (the cells vectors were assigned to)
-            closeness = 2 * dots - (self.coarse * self.coarse).sum(1)[None]
-            probes = np.argpartition(-closeness, nprobe - 1, axis=1)[:, :nprobe]
-        else:
-            probes = np.broadcast_to(np.arange(self.params.nlist), dots.shape)
-        probes = np.ascontiguousarray(probes, np.int64)
-        if self.params.metric == "ip":
-            base = np.ascontiguousarray(np.take_along_axis(dots, probes, 1), np.float32)
-            scores, rows = scan_ip(self.pq.lut_ip(q), base, probes, self.offsets, self.codes, self.list_rows, depth)
-        else:
-            scores, rows = scan_l2(q, self.coarse, probes, self.offsets, self.codes, self.list_rows,
-                                   self.pq.codebooks, depth)
-        if rerank and source is not None:
-            scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
+        with one_blas_thread():
+            q = np.ascontiguousarray(self.rotate(np.atleast_2d(queries)), np.float32)
+            nprobe = min(nprobe, self.params.nlist)
+            depth = max(k, rerank)
+            nparts = numba.get_num_threads()
+            per_query = self.params.m * self.pq.ksub * 4 + nparts * depth * 12
+            chunk = max(1, SEARCH_MEMORY_BYTES // per_query)
+            scores = np.empty((len(q), depth), np.float32)
+            rows = np.empty((len(q), depth), np.int64)
+            for s in range(0, len(q), chunk):
+                scores[s:s + chunk], rows[s:s + chunk] = self._search_chunk(q[s:s + chunk], depth, nprobe, nparts)
+            if rerank and source is not None:
+                scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
         return scores[:, :k], rows[:, :k]
+
+    def _search_chunk(self, q, depth, nprobe, nparts):
+        l2 = self.params.metric == "l2"
+        probes, base = self.probe(q, nprobe)
+        lut = self.pq.lut_ip(q)
+        if l2:
+            lut *= 2  # exact: the l2 tables are 2 <q_m, r> - (||r||^2 + 2 <c_m, r>)
+        pair_offsets, pairs = counting_sort_lists(probes.ravel(), self.params.nlist)
+        plan = plan_pieces(self.block_offsets, pair_offsets, nparts)
+        heap_s = np.empty((nparts, len(q), depth), np.float32)
+        heap_r = np.empty((nparts, len(q), depth), np.int64)
+        heap_n = np.zeros((nparts, len(q)), np.int64)
+        cb = self.pq.codebooks
+        cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
+        scan_bytes(lut, base, probes, pair_offsets, pairs, plan, self.block_offsets, self.list_sizes, self.codes,
+                   self.list_rows, l2, self.coarse, cb, cb_norms, heap_s, heap_r, heap_n)
+        merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
+        return merge(heap_s, heap_r, heap_n, depth)
 
     def describe(self) -> dict:
         return asdict(self.params)

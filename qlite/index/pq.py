@@ -80,6 +80,14 @@ class ProductQuantizer:
         return decode_codes(np.ascontiguousarray(codes, np.uint8), self.codebooks)
 
     def lut_ip(self, q) -> np.ndarray:
-        """lut[i, m, j] = <q_i restricted to sub-space m, codeword j of sub-space m>, [nq, M, ksub]."""
-        qs = np.asarray(q, np.float32).reshape(len(q), self.M, 1, self.dsub)
-        return np.ascontiguousarray(np.matmul(qs, self.codebooks.transpose(0, 2, 1)[None])[:, :, 0, :])
+        """lut[i, m, j] = <q_i restricted to sub-space m, codeword j of sub-space m>, float32 [nq, M, ksub].
+
+        One batched matrix product over the sub-spaces: [nq, dsub] @ [dsub, ksub] for each m, written
+        straight into the [nq, M, ksub] layout the scan reads (each query's tables contiguous).
+        """
+        q = np.ascontiguousarray(q, np.float32)
+        nq = len(q)
+        lut = np.empty((nq, self.M, self.ksub), np.float32)
+        np.matmul(q.reshape(nq, self.M, self.dsub).transpose(1, 0, 2), self.codebooks.transpose(0, 2, 1),
+                  out=lut.transpose(1, 0, 2))
+        return lut
