@@ -104,3 +104,61 @@ def ivfpq_adc_oracle(index, q, k, nprobe):
         order = np.lexsort((r, -s))[:k]
         out_s[i, :len(order)], out_r[i, :len(order)] = s[order], r[order]
     return out_s, out_r
+
+
+def quantize_table_oracle(tab, qmax):
+    """fastscan.quantize_table in NumPy: (qlut uint8 [P, 32], bias, inv_scale), all in float32."""
+    tab = np.asarray(tab, np.float32)
+    M, ksub = tab.shape
+    mins = tab.min(1)
+    widest = (tab.max(1) - mins).max()
+    scale = np.float32(qmax) / widest if widest > 0 else np.float32(0)
+    bias = np.float32(0)
+    for v in mins:
+        bias = np.float32(bias + v)
+    q = np.minimum(((tab - mins[:, None]) * scale + np.float32(0.5)).astype(np.int64), qmax)
+    qlut = np.zeros(((M + 1) // 2, 32), np.uint8)
+    for m in range(M):
+        qlut[m // 2, (m % 2) * 16:(m % 2) * 16 + ksub] = q[m]
+    inv = np.float32(1) / scale if scale > 0 else np.float32(0)
+    return qlut, np.float32(bias), np.float32(inv)
+
+
+def nibble_sums_oracle(codes, qlut):
+    """Exact integer sums sum_m qlut[m // 2, (m % 2) * 16 + code_m] of codes [n, M] (int64 [n])."""
+    M = codes.shape[1]
+    return sum(qlut[m // 2, (m % 2) * 16 + codes[:, m].astype(np.int64)].astype(np.int64) for m in range(M))
+
+
+def fastscan_oracle(index, q, nprobe, n_cand, depth):
+    """4-bit search from the public interface: the n_cand best probed codes by quantised score
+    (base + bias + sum * inv_scale, float32; ties to the lower row), re-scored with the float tables
+    (base + sum_m table[m, code_m] in m order), best ``depth`` first, -1 pads."""
+    from qlite.index.fastscan import quantizer_max
+
+    qr = index.rotate(q).astype(np.float32)
+    probes, base = probe_oracle(index, qr, nprobe)
+    lut = index.pq.lut_ip(qr)
+    l2 = index.params.metric == "l2"
+    qmax = quantizer_max(index.params.m)
+    out_s = np.full((len(qr), depth), -np.inf, np.float32)
+    out_r = np.full((len(qr), depth), -1, np.int64)
+    for i in range(len(qr)):
+        approx, exact, rows = [], [], []
+        for p, lst in enumerate(probes[i]):
+            members = np.flatnonzero(index.row_list == lst)
+            codes = index.codes_of(members)
+            table = 2 * lut[i] - l2_list_term_oracle(index.coarse[lst], index.pq.codebooks) if l2 else lut[i]
+            qlut, bias, inv = quantize_table_oracle(table, qmax)
+            sums = nibble_sums_oracle(codes, qlut).astype(np.float32)
+            approx.append(np.float32(base[i, p] + bias) + sums * inv)
+            s = np.full(len(members), base[i, p], np.float32)
+            for m in range(codes.shape[1]):
+                s = (s + table[m, codes[:, m]]).astype(np.float32)
+            exact.append(s)
+            rows.append(members)
+        a, s, r = np.concatenate(approx), np.concatenate(exact), np.concatenate(rows)
+        cand = np.lexsort((r, -a))[:n_cand]
+        order = cand[np.lexsort((r[cand], -s[cand]))][:depth]
+        out_s[i, :len(order)], out_r[i, :len(order)] = s[order], r[order]
+    return out_s, out_r

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import QliteError
 from .kmeans import assign, kmeans, sample_rows
-from .layout import block_layout, pack_bytes, read_codes, slots_of_rows, write_codes
+from . import fastscan
+from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
 from .scan import (counting_sort_lists, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
@@ -95,9 +96,14 @@ class IVFPQParams:
             raise QliteError(f"--metric must be ip or l2 (got {self.metric!r})")
 
     @property
+    def nibbles(self) -> bool:
+        """Sub-codes of at most 4 bits are stored two per byte and scanned with fast-scan."""
+        return self.nbits <= 4
+
+    @property
     def bytes_per_vector(self) -> float:
-        """Code bytes stored per vector (each sub-code takes one byte; block padding not counted)."""
-        return float(self.m)
+        """Code bytes stored per vector: ceil(M / 2) for nbits <= 4, else M (block padding not counted)."""
+        return float(packed_width(self.m, self.nibbles))
 
 
 class IVFPQIndex:
@@ -108,7 +114,7 @@ class IVFPQIndex:
         self.coarse = None  # [nlist, d] in the rotated space
         self.probe_scale = 1.0  # mean norm of the training vectors: queries are probed at this length
         self._install(np.zeros(params.nlist + 1, np.int64), np.zeros(params.nlist, np.int64), np.zeros(0, np.int64),
-                      np.zeros(0, np.int32), np.zeros((0, params.m, 32), np.uint8))
+                      np.zeros(0, np.int32), np.zeros((0, packed_width(params.m, params.nibbles), 32), np.uint8))
 
     # -- training -----------------------------------------------------------------------------
     @property
@@ -167,7 +173,8 @@ class IVFPQIndex:
 
     def _layout(self, codes_by_row, row_list):
         block_offsets, list_sizes, list_rows = block_layout(row_list, self.params.nlist)
-        self._install(block_offsets, list_sizes, list_rows, row_list, pack_bytes(codes_by_row, list_rows))
+        pack = pack_nibbles if self.params.nibbles else pack_bytes
+        self._install(block_offsets, list_sizes, list_rows, row_list, pack(codes_by_row, list_rows))
 
     def _install(self, block_offsets, list_sizes, list_rows, row_list, codes):
         """Install a list layout and derive where each row's code lives."""
@@ -181,7 +188,7 @@ class IVFPQIndex:
         rows = np.asarray(rows, np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self.row_slot)):
             raise QliteError("codes_of: row out of range")
-        return read_codes(self.codes, self.row_slot[rows], self.params.m, False)
+        return read_codes(self.codes, self.row_slot[rows], self.params.m, self.params.nibbles)
 
     def update(self, rows, vectors):
         """Re-encode changed rows.  Rows staying in their list are rewritten in place (cost ~ rows
@@ -195,7 +202,7 @@ class IVFPQIndex:
         if not self.codes.flags.writeable:
             self.codes = np.array(self.codes)
         same = new_list == self.row_list[rows]
-        write_codes(self.codes, self.row_slot[rows[same]], new_codes[same], False)
+        write_codes(self.codes, self.row_slot[rows[same]], new_codes[same], self.params.nibbles)
         moved = int((~same).sum())
         if moved:
             codes_by_row = self.codes_of(np.arange(len(self.row_list)))
@@ -241,10 +248,12 @@ class IVFPQIndex:
         select = select_probes_serial if len(q_rot) < SERIAL_BELOW else select_probes
         return select(dots, c_norms, q_scale, q_norms2, l2, nprobe)
 
-    def search(self, queries, k, nprobe=16, rerank=0, source=None):
+    def search(self, queries, k, nprobe=16, rerank=0, source=None, rescore=None):
         """(scores [nq, k], rows [nq, k]) best first; rows are cache rows (-1 pads short lists).
 
         ``rerank`` > 0 rescores that many ADC candidates exactly from ``source`` (the float cache).
+        With nbits <= 4 the fast-scan keeps ``rescore`` candidates per query (default max(4 k, rerank))
+        by quantised score and scores them with the float tables, so scores are float ADC scores.
         """
         if k <= 0:
             raise QliteError(f"-k must be positive (got {k})")
@@ -257,17 +266,19 @@ class IVFPQIndex:
             nprobe = min(nprobe, self.params.nlist)
             depth = max(k, rerank)
             nparts = numba.get_num_threads()
-            per_query = self.params.m * self.pq.ksub * 4 + nparts * depth * 12
+            n_cand = max(depth, rescore if rescore else 4 * k) if self.params.nibbles else depth
+            per_query = self.params.m * self.pq.ksub * 4 + nparts * n_cand * 12
             chunk = max(1, SEARCH_MEMORY_BYTES // per_query)
             scores = np.empty((len(q), depth), np.float32)
             rows = np.empty((len(q), depth), np.int64)
             for s in range(0, len(q), chunk):
-                scores[s:s + chunk], rows[s:s + chunk] = self._search_chunk(q[s:s + chunk], depth, nprobe, nparts)
+                scores[s:s + chunk], rows[s:s + chunk] = self._search_chunk(q[s:s + chunk], depth, n_cand, nprobe,
+                                                                            nparts)
             if rerank and source is not None:
                 scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
         return scores[:, :k], rows[:, :k]
 
-    def _search_chunk(self, q, depth, nprobe, nparts):
+    def _search_chunk(self, q, depth, n_cand, nprobe, nparts):
         l2 = self.params.metric == "l2"
         probes, base = self.probe(q, nprobe)
         lut = self.pq.lut_ip(q)
@@ -275,15 +286,27 @@ class IVFPQIndex:
             lut *= 2  # exact: the l2 tables are 2 <q_m, r> - (||r||^2 + 2 <c_m, r>)
         pair_offsets, pairs = counting_sort_lists(probes.ravel(), self.params.nlist)
         plan = plan_pieces(self.block_offsets, pair_offsets, nparts)
-        heap_s = np.empty((nparts, len(q), depth), np.float32)
-        heap_r = np.empty((nparts, len(q), depth), np.int64)
+        heap_s = np.empty((nparts, len(q), n_cand), np.float32)
+        heap_r = np.empty((nparts, len(q), n_cand), np.int64)
         heap_n = np.zeros((nparts, len(q)), np.int64)
         cb = self.pq.codebooks
         cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
-        scan_bytes(lut, base, probes, pair_offsets, pairs, plan, self.block_offsets, self.list_sizes, self.codes,
-                   self.list_rows, l2, self.coarse, cb, cb_norms, heap_s, heap_r, heap_n)
         merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
-        return merge(heap_s, heap_r, heap_n, depth)
+        if not self.params.nibbles:
+            scan_bytes(lut, base, probes, pair_offsets, pairs, plan, self.block_offsets, self.list_sizes, self.codes,
+                       self.list_rows, l2, self.coarse, cb, cb_norms, heap_s, heap_r, heap_n)
+            return merge(heap_s, heap_r, heap_n, depth)
+        qmax = fastscan.quantizer_max(self.params.m)
+        if l2:  # quantised per (query, list) inside the scan
+            qluts, qbias, qinv = np.empty((0, 0, 32), np.uint8), np.empty(0, np.float32), np.empty(0, np.float32)
+        else:
+            qluts, qbias, qinv = fastscan.quantize_tables(lut, qmax)
+        fastscan.scan_nibbles(fastscan.USE_AVX2, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs,
+                              plan, self.block_offsets, self.list_sizes, self.codes, self.list_rows, l2, self.coarse,
+                              cb, cb_norms, heap_s, heap_r, heap_n)
+        _, cand_rows = merge(heap_s, heap_r, heap_n, n_cand)
+        return fastscan.rescore(cand_rows, lut, base, probes, self.row_list, self.row_slot, self.codes, l2,
+                                self.coarse, cb, cb_norms, depth)
 
     def describe(self) -> dict:
         return asdict(self.params)
