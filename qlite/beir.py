@@ -171,6 +171,14 @@ def passage_text(doc) -> str:
     return (title + " " + (doc.get("text") or "")).strip()
 
 
+def passage_snippet(doc, width=160) -> str:
+    """What a person sees of a passage in search results: "title | text", whitespace collapsed."""
+    title = " ".join((doc.get("title") or "").split())
+    text = " ".join((doc.get("text") or "")[:4 * width].split())
+    s = (title + " | " if title else "") + text
+    return s[:width]
+
+
 def iter_corpus(path, hasher=None):
     """(line number, doc dict) for each passage of a BEIR corpus file."""
     for lineno, line in iter_lines(path, hasher):

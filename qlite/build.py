@@ -13,14 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from .beir import iter_corpus, passage_text, scan_corpus
+from .beir import iter_corpus, passage_snippet, passage_text, scan_corpus
 from .cache import Cache, create_cache
 from .encoder.encoder import Encoder
 from .encoder.model_dir import resolve_model, spec_attrs
 from .errors import QliteError
-from .progress import human_bytes, progress
+from .progress import SILENT, Progress, human_bytes
 
 DEFAULT_CHUNK_ROWS = 1024
 
@@ -54,7 +52,7 @@ def default_out(corpus_path) -> Path:
 
 
 def build_cache(corpus, out=None, *, model_dir=None, int8=False, max_length=None, batch_size=32,
-                threads=None, force=False, quiet=False, chunk_rows=DEFAULT_CHUNK_ROWS) -> BuildResult:
+                threads=None, force=False, progress: Progress = SILENT, chunk_rows=DEFAULT_CHUNK_ROWS) -> BuildResult:
     corpus = Path(corpus)
     out = Path(out) if out else default_out(corpus)
     if batch_size < 1:
@@ -68,8 +66,7 @@ def build_cache(corpus, out=None, *, model_dir=None, int8=False, max_length=None
         _check_same(existing, wanted_model, corpus_sha=None, out=out)
         return BuildResult(out, existing.count, 0, 0, 0, 0.0, already_complete=True)
 
-    if not quiet:
-        click.echo(f"checking {corpus} ...", err=True)
+    progress.message(f"checking {corpus} ...")
     scan = scan_corpus(corpus)
     encoder = Encoder(spec, max_length=max_length, threads=threads)
     if existing is not None:
@@ -88,16 +85,17 @@ def build_cache(corpus, out=None, *, model_dir=None, int8=False, max_length=None
     batch_size = int(cache.attrs.get("batch_size", batch_size))
     start = cache.rows_done
     t0 = time.perf_counter()
-    with cache, progress(cache.count, "encoding", quiet) as bar:
-        bar.update(start)
+    with cache, progress.stage("encoding", cache.count, done=start) as bar:
         docs = itertools.islice(iter_corpus(corpus), start, None)
         row = start
         while row < cache.count:
-            chunk = [passage_text(doc) for _, doc in itertools.islice(docs, chunk_rows)]
+            docs_chunk = [doc for _, doc in itertools.islice(docs, chunk_rows)]
+            chunk = [passage_text(doc) for doc in docs_chunk]
             if not chunk:
                 raise QliteError(f"{corpus}: ended at row {row:,} but the cache expects {cache.count:,}; "
                                  "the file changed while encoding")
             encoder.encode(chunk, batch_size=batch_size, out=cache.embeddings[row:row + len(chunk)])
+            cache.write_snippets(row, [passage_snippet(doc) for doc in docs_chunk])
             row += len(chunk)
             cache.commit_rows(row)
             bar.update(len(chunk))

@@ -4,14 +4,10 @@ Layout (all datasets contiguous and allocated when the file is created):
 
 ``embeddings``  N x d float32, opened as a NumPy memmap at its file offset (read-only or writable)
 ``ids``         N fixed-width UTF-8 byte strings, the corpus ``_id`` of each row, in corpus order
+``snippets``    N x 128 bytes: the start of each passage ("title | text", UTF-8), for search results
 ``progress``    int64[1]: rows encoded so far; the cache is complete when it equals N
 attributes      model (name, sha256, dim, pooling, normalize, max_length) and corpus (path, sha256,
                 count, bytes), qlite version, chunk size
-
-``qlite train`` adds (once, by rewriting the file atomically, see :func:`add_training_datasets`):
-``head_weight`` d x d and ``head_bias`` d (the query head, identity until trained), ``adam_m`` /
-``adam_v`` N x d and ``adam_steps`` N (each passage's optimiser state follows the passage), and
-``best_embeddings`` N x d (rows of the best dev checkpoint, for early stopping).
 
 The file is created under a temporary name and renamed into place, so it exists only once its
 HDF5 metadata is complete.  After that, encoding writes raw bytes into preallocated regions via
@@ -20,14 +16,23 @@ memmaps (HDF5 metadata is never touched again): embeddings are synced to disk be
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write, fsync_path  # noqa: F401 (fsync_path: re-exported for old callers)
 from .errors import QliteError
+
+
+SNIPPET_BYTES = 128
+
+
+def encode_snippet(text: str) -> bytes:
+    """At most SNIPPET_BYTES of UTF-8, cut on a character boundary."""
+    raw = text.encode("utf-8")[:SNIPPET_BYTES]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
 
 
 def _preallocated():
@@ -44,33 +49,18 @@ def sidecar_path(cache_path, suffix) -> Path:
     return p.with_name(stem + suffix)
 
 
-def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-TRAINING_DATASETS = ("head_weight", "head_bias", "adam_m", "adam_v", "adam_steps", "best_embeddings")
-
-
 def create_cache(path, ids: np.ndarray, dim: int, attrs: dict) -> None:
     """Write an empty cache for ``len(ids)`` rows atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     n = len(ids)
-    with h5py.File(tmp, "w", libver="latest") as f:
+    with atomic_write(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
         f.create_dataset("embeddings", (n, dim), dtype="<f4", dcpl=_preallocated())
         f.create_dataset("ids", data=ids)
+        f.create_dataset("snippets", (n,), dtype=f"S{SNIPPET_BYTES}", dcpl=_preallocated())
         f.create_dataset("progress", data=np.zeros(1, np.int64), dcpl=_preallocated())
         f.attrs.update({k: v for k, v in attrs.items() if v is not None})
         f.attrs["qlite_version"] = __version__
         f.attrs["count"] = n
         f.attrs["dim"] = dim
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 class Cache:
@@ -96,30 +86,13 @@ class Cache:
         self.embeddings = self.array("embeddings")
         self._ids = None
         self._order = None  # argsort of ids, for id -> row look-ups
+        self._snippets = self.array("snippets") if writable and "snippets" in self._layout else None
 
     def array(self, name, writable=None) -> np.memmap:
         """A dataset of the file as a memmap (read-only unless the cache was opened writable)."""
         offset, shape, dtype = self._layout[name]
         mode = "r+" if (self.writable if writable is None else writable) else "r"
         return np.memmap(self.path, dtype, mode, offset, shape)
-
-    @property
-    def trainable(self) -> bool:
-        return all(n in self._layout for n in TRAINING_DATASETS)
-
-    def head(self):
-        """(weight [d, d], bias [d]) of the trained query head, or None before ``qlite train``."""
-        if not self.trainable:
-            return None
-        return np.array(self.array("head_weight", False)), np.array(self.array("head_bias", False))
-
-    def apply_head(self, q: np.ndarray) -> np.ndarray:
-        """Query embeddings as the index sees them: q W + b once a head is trained, else unchanged."""
-        head = self.head()
-        if head is None:
-            return q
-        w, b = head
-        return (np.asarray(q, np.float32) @ w + b).astype(np.float32)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -136,9 +109,16 @@ class Cache:
                              "run the same `qlite build-cache` command again to finish it")
         return self
 
+    def write_snippets(self, start: int, texts) -> None:
+        """Store the snippets of rows [start, start + len(texts)) (made durable by ``commit_rows``)."""
+        if self._snippets is not None:
+            self._snippets[start:start + len(texts)] = [encode_snippet(t) for t in texts]
+
     def commit_rows(self, rows_done: int) -> None:
         """Make rows [0, rows_done) durable, then record them (in that order)."""
         self.embeddings.flush()
+        if self._snippets is not None:
+            self._snippets.flush()
         self.progress[0] = rows_done
         self.progress.flush()
 
@@ -170,6 +150,28 @@ class Cache:
             self._order = np.argsort(self.ids, kind="stable")
         return self._order
 
+    def snippets(self, rows, width=100) -> dict[int, str]:
+        """{row: "title | text" shortened to ``width`` characters}: kept in the cache at build time; caches
+        without them read the corpus file the cache records, up to the last wanted row."""
+        wanted = sorted(set(int(r) for r in rows))
+        if not wanted:
+            return {}
+        if "snippets" in self._layout:
+            texts = self.array("snippets", False)[wanted]
+            return {r: _shorten(t.decode("utf-8", "ignore"), width) for r, t in zip(wanted, texts)}
+        from .beir import iter_corpus, passage_snippet
+
+        path = Path(self.attrs.get("corpus_path", ""))
+        out = {}
+        if path.is_file():
+            targets, last = set(wanted), wanted[-1]
+            for row, (_, doc) in enumerate(iter_corpus(path)):
+                if row in targets:
+                    out[row] = _shorten(passage_snippet(doc), width)
+                if row >= last:
+                    break
+        return out
+
     def file_bytes(self) -> int:
         return self.path.stat().st_size
 
@@ -187,41 +189,8 @@ class Cache:
         self.close()
 
 
-def add_training_datasets(path, block_rows=65536) -> None:
-    """Give a complete cache the datasets ``qlite train`` needs.
-
-    HDF5 metadata must not change in place (a crash mid-write could leave the file unopenable), so
-    the cache is rewritten under a temporary name, embeddings streamed block by block, and renamed
-    into place.  Done once per cache; costs one copy of the embeddings.
-    """
-    src = Cache(path).require_complete()
-    if src.trainable:
-        return
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    n, d = src.count, src.dim
-    with h5py.File(tmp, "w", libver="latest") as f:
-        for name, shape, dtype in (("embeddings", (n, d), "<f4"), ("best_embeddings", (n, d), "<f4"),
-                                   ("adam_m", (n, d), "<f4"), ("adam_v", (n, d), "<f4"),
-                                   ("adam_steps", (n,), "<i4"), ("head_weight", (d, d), "<f4"),
-                                   ("head_bias", (d,), "<f4"), ("progress", (1,), "<i8")):
-            f.create_dataset(name, shape, dtype=dtype, dcpl=_preallocated())
-        f.create_dataset("ids", data=src.ids)
-        f.attrs.update(src.attrs)
-        f["progress"][...] = src.progress
-        f["head_weight"][...] = np.eye(d, dtype=np.float32)
-        f["head_bias"][...] = 0
-        f["adam_steps"][...] = 0
-        for s in range(0, n, block_rows):  # zero moments; best = current, block by block
-            block = np.asarray(src.embeddings[s:s + block_rows])
-            f["embeddings"][s:s + len(block)] = block
-            f["best_embeddings"][s:s + len(block)] = block
-            f["adam_m"][s:s + len(block)] = 0
-            f["adam_v"][s:s + len(block)] = 0
-    src.close()
-    fsync_path(tmp)
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def plain_attr(v):

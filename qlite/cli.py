@@ -1,7 +1,12 @@
-"""The ``qlite`` command line: thin wrappers over the Python API (see each command's module)."""
+"""The ``qlite`` command line: thin click wrappers over the Python API (see each command's module).
+
+Every command prints its result on stdout (``--json`` for scripts where it applies); progress bars and
+messages go to stderr and ``--quiet`` silences them; a user error is one line on stderr, exit status 1.
+"""
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -12,11 +17,25 @@ from .errors import QliteError
 from .metrics import DEFAULT_METRICS
 from .train.config import TrainConfig
 
-threads_option = click.option("--cpu-threads", "threads", type=click.IntRange(min=1), default=None,
-                              help="Threads for encoding and search (default: all cores).")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+def threads_option(fn):
+    return click.option("--cpu-threads", "--threads", "threads", type=click.IntRange(min=1), default=None,
+                        help="Threads for encoding, search and training (default: all cores).")(fn)
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages on stderr.")
 model_option = click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True), default=None,
                             help="Directory with model.onnx + tokenizer.json (default: bundled all-MiniLM-L6-v2).")
+run_option = click.option("--run", "run", default=None, metavar="NAME",
+                          help="Training run to use (default: the newest finished run; 'untrained' for none).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+cache_argument = click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+
+
+def progress_for(quiet):
+    from .progress import SILENT, ConsoleProgress
+
+    return SILENT if quiet else ConsoleProgress()
 
 
 def user_errors(fn):
@@ -31,7 +50,7 @@ def user_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qlite")
 def cli():
     """Dense retrieval that stays accurate on a compressed (IVF-PQ) index, on a CPU."""
@@ -44,7 +63,8 @@ def cli():
 @model_option
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Tokens per passage; longer ones are truncated (default: the model's, 256).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Passages per encoder call.")
 @threads_option
 @click.option("--int8", is_flag=True, help="Dynamic int8 quantisation of the encoder (faster, slightly less accurate).")
 @click.option("--force", is_flag=True, help="Rebuild even if OUT is complete or was built from other inputs.")
@@ -57,190 +77,244 @@ def build_cache_cmd(corpus, out, model_dir, max_length, batch_size, threads, int
     from .build import build_cache
 
     result = build_cache(corpus, out, model_dir=model_dir, int8=int8, max_length=max_length, batch_size=batch_size,
-                         threads=threads, force=force, quiet=quiet, chunk_rows=chunk_rows)
+                         threads=threads, force=force, progress=progress_for(quiet), chunk_rows=chunk_rows)
     click.echo(result.summary())
 
 
 @cli.command("info")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@cache_argument
+@json_option
 @user_errors
-def info_cmd(cache_path):
-    """Describe a cache file: state, model, corpus, size."""
-    from .cache import Cache
-    from .progress import human_bytes
+def info_cmd(cache_path, as_json):
+    """Describe a cache: state, model, corpus, size, index and training runs."""
+    from .info import cache_info, format_info
 
-    with Cache(cache_path) as c:
-        a = c.attrs
-        state = "complete" if c.complete else f"partial: {c.rows_done:,} / {c.count:,}"
-        lines = [
-            ("file", f"{c.path} ({human_bytes(c.file_bytes())})"),
-            ("state", state),
-            ("rows", f"{c.count:,} x {c.dim} float32"),
-            ("model", f"{a.get('model_name')} (pooling {a.get('model_pooling')}, "
-                      f"{'normalised' if a.get('model_normalize') else 'not normalised'}, "
-                      f"max length {a.get('max_length')}, sha256 {str(a.get('model_sha256', ''))[:12]})"),
-            ("corpus", f"{a.get('corpus_path')} ({human_bytes(a.get('corpus_bytes', 0))}, "
-                       f"sha256 {str(a.get('corpus_sha256', ''))[:12]})"),
-            ("qlite", a.get("qlite_version")),
-        ]
-        if c.trainable:
-            lines.insert(3, ("trained", _training_state(c.path)))
-    for key, value in lines:
-        click.echo(f"{key + ':':8} {value}")
-
-
-def _training_state(cache_path) -> str:
-    from .train.checkpoint import checkpoint_path, read_meta
-
-    meta = read_meta(checkpoint_path(cache_path))
-    if meta is None:
-        return "prepared, no checkpoint"
-    state = {"done": "done", "finishing": "finishing (rerun `qlite train` to complete)",
-             "training": "interrupted (rerun the same `qlite train` to resume)"}[meta["phase"]]
-    dev = (f"; dev ndcg@10 on the index {meta['start_score']:.4f} -> {meta['best_score']:.4f} "
-           f"(kept step {meta['best_step']})" if meta.get("best_score") is not None else "")
-    return f"{state}: step {meta['step']:,} of {meta['total']:,}{dev}"
+    info = cache_info(cache_path)
+    click.echo(json.dumps(info, indent=1) if as_json else format_info(info))
 
 
 @cli.group("index")
 def index_group():
-    """Build and inspect the IVF-PQ index of a cache."""
+    """Build the IVF-PQ index of a cache."""
 
 
 @index_group.command("build")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@cache_argument
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
               help="Index file (default: next to the cache, CACHE name + .ivfpq.h5).")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="Inverted lists (default ~4 sqrt(N)).")
 @click.option("--m", "m", type=click.IntRange(min=1), default=None, help="PQ sub-spaces (default d/16: 64x smaller).")
-@click.option("--nbits", type=click.IntRange(1, 8), default=None, help="Bits per sub-space code (default 8).")
+@click.option("--nbits", type=click.IntRange(1, 8), default=None,
+              help="Bits per sub-space code (default 8; 4 packs two codes per byte and scans with fast-scan).")
 @click.option("--opq/--no-opq", default=None, help="Learn an OPQ rotation (default on).")
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default=None, help="Default ip (inner product).")
 @click.option("--niter", type=click.IntRange(min=1), default=None, help="Coarse k-means iterations (default 10).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Seed of k-means and OPQ (default 1234).")
 @threads_option
 @quiet_option
 @user_errors
 def index_build_cmd(cache_path, out, nlist, m, nbits, opq, metric, niter, seed, threads, quiet):
-    """Train IVF-PQ on the cache and encode every passage into it."""
-    from .indexing import build_index
+    """Train IVF-PQ on the cache and encode every passage into it (the untrained base index)."""
+    from .index.build import build_index
 
     result = build_index(cache_path, out, nlist=nlist, m=m, nbits=nbits, opq=opq, metric=metric, niter=niter,
-                         seed=seed, threads=threads, quiet=quiet)
+                         seed=seed, threads=threads, progress=progress_for(quiet))
     click.echo(result.summary())
 
 
 @cli.command("search")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@cache_argument
 @click.argument("text", required=False)
 @click.option("--queries", type=click.Path(dir_okay=False), default=None, help="BEIR queries.jsonl[.gz] to run.")
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query.")
-@click.option("--nprobe", type=int, default=16, show_default=True, help="Inverted lists scanned per query.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Inverted lists scanned per query.")
 @click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Rescore this many IVF-PQ candidates exactly from the float cache.")
-@click.option("--flat", is_flag=True, help="Exact search over the cache instead of the index.")
-@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Write a TREC run file.")
+              help="Rescore this many IVF-PQ candidates exactly from the float embeddings.")
+@click.option("--flat", is_flag=True, help="Exact search over the float embeddings instead of the index.")
+@run_option
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+              help="Index file for the untrained state (default: CACHE's own).")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "trec"]), default=None,
+              help="Output: table (default on screen), jsonl (one object per query) or trec (a run file).")
+@click.option("--run-tag", default="qlite", show_default=True, help="Run tag of TREC output.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the results to this file (default format there: trec).")
 @threads_option
 @user_errors
-def search_cmd(cache_path, text, queries, k, nprobe, rerank, flat, index_path, out, threads):
-    """Search with a query TEXT, or run a --queries file (optionally into a TREC run file)."""
-    from .cache import Cache
-    from .search import format_hits, queries_from, search, write_trec
+def search_cmd(cache_path, text, queries, k, nprobe, rerank, flat, run, index_path, fmt, run_tag, out, threads):
+    """Search with a query TEXT, a --queries file, or '-' (one query per line on stdin, answered as it comes)."""
+    from .search import Searcher, format_results, queries_from
 
-    if k <= 0:
-        raise QliteError(f"-k must be positive (got {k})")
-    results = search(cache_path, queries_from(text, queries), k=k, nprobe=nprobe, rerank=rerank, flat=flat,
-                     threads=threads, index_path=index_path)
+    searcher = Searcher(cache_path, run, index_path, threads, flat)
+    if text == "-" and queries is None:
+        for i, line in enumerate(sys.stdin, 1):
+            if line.strip():
+                results = searcher.search({str(i): line.strip()}, k, nprobe, rerank)
+                click.echo(format_results(searcher.cache, results, fmt or "table", run_tag))
+                sys.stdout.flush()
+        return
+    results = searcher.search(queries_from(text, queries), k, nprobe, rerank)
     if out:
-        write_trec(results, out)
+        Path(out).write_text(format_results(searcher.cache, results, fmt or "trec", run_tag) + "\n", encoding="utf-8")
         click.echo(f"wrote {sum(map(len, results.values())):,} results for {len(results):,} queries to {out}")
     else:
-        click.echo(format_hits(Cache(cache_path), results))
+        click.echo(format_results(searcher.cache, results, fmt or "table", run_tag))
 
 
 @cli.command("eval")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@cache_argument
 @click.option("--queries", required=True, type=click.Path(dir_okay=False), help="BEIR queries.jsonl[.gz].")
-@click.option("--qrels", required=True, type=click.Path(dir_okay=False), help="Qrels TSV (query-id, corpus-id, score).")
+@click.option("--qrels", required=True, type=click.Path(dir_okay=False),
+              help="Qrels (query-id corpus-id score, or TREC's qid 0 docid rel).")
 @click.option("--metrics", "-m", default=",".join(DEFAULT_METRICS), show_default=True,
               help="Comma-separated: ndcg@K, recall@K, mrr@K, map@K, precision@K.")
+@run_option
+@click.option("--runs", "runs", default=None, metavar="NAMES",
+              help="Evaluate several runs side by side: 'all' (every finished run and the untrained state) "
+                   "or comma-separated names.")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
-              help="IVF-PQ index to evaluate too (default: CACHE's own, if built).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True)
+              help="Index file for the untrained state (default: CACHE's own, if built).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Inverted lists scanned per query.")
+@click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Rescore this many IVF-PQ candidates exactly from the float embeddings.")
+@click.option("--per-query", "per_query", type=click.Path(dir_okay=False), default=None,
+              help="Also write every query's values to this file (JSON lines).")
+@json_option
 @model_option
 @threads_option
 @user_errors
-def eval_cmd(cache_path, queries, qrels, metrics, index_path, nprobe, rerank, model_dir, threads):
-    """Encode the queries and report metrics: exact search over the cache and the IVF-PQ index."""
+def eval_cmd(cache_path, queries, qrels, metrics, run, runs, index_path, nprobe, rerank, per_query, as_json, model_dir,
+             threads):
+    """Encode the queries and report metrics of exact search and of the IVF-PQ index."""
     from .evaluate import evaluate
 
-    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    report = evaluate(cache_path, queries, qrels, names, threads=threads, model_dir=model_dir,
-                      index_path=index_path, nprobe=nprobe, rerank=rerank)
-    click.echo(report.table())
+    if run and runs:
+        raise QliteError("give --run or --runs, not both")
+    names = runs if runs in (None, "all") else [r.strip() for r in runs.split(",") if r.strip()]
+    metric_names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    report = evaluate(cache_path, queries, qrels, metric_names, runs=[run] if run else names, threads=threads,
+                      model_dir=model_dir, index_path=index_path, nprobe=nprobe, rerank=rerank)
+    if per_query:
+        report.write_per_query(per_query)
+    click.echo(report.as_json() if as_json else report.table())
+
+
+TRAIN_HELP = {
+    "epochs": "Passes over the query pool.",
+    "steps": "Train this many steps instead of --epochs.",
+    "batch_size": "Queries per step.",
+    "k": "Index hits per query: the candidates (and negatives) mined from the quantized index.",
+    "teacher_k": "Flat search's best passages per query, added to the candidates.",
+    "budget": "Cap on candidates per step (0: none).",
+    "pseudo_queries": "Passages used as queries for distillation (they need no labels).",
+    "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
+    "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
+    "tau": "Softmax temperature of the quantized (student) scores.",
+    "tau_teacher": "Softmax temperature of the teacher (flat search).",
+    "tau_supervised": "Softmax temperature of the supervised loss.",
+    "lr": "Learning rate of the codebooks and coarse centroids.",
+    "head_lr": "Learning rate of the query head.",
+    "rows_lr": "Learning rate of the passage rows (with --train-rows).",
+    "rows_radius": "How far (L2) a trained row may move from the encoder's embedding.",
+    "warmup": "Warm-up fraction of the steps.",
+    "clip": "Max gradient norm of each parameter array.",
+    "nprobe": "Inverted lists probed when mining candidates and scoring dev.",
+    "refresh_every": "Steps between re-encoding trained rows into the index (with --train-rows).",
+    "eval_every": "Epochs between dev evaluations on the index.",
+    "patience": "Epochs without a better dev score before stopping (after warm-up).",
+    "dev_share": "Share of the training positives held out (by passage) as dev when no --dev-qrels.",
+    "checkpoint_every": "Steps between checkpoints (a crash loses at most this many).",
+    "seed": "Seed of batches, positives, pseudo-queries and the dev split.",
+}
+TRAIN_FLAGS = {"train_head": ("--head/--no-head", "Train the query head."),
+               "train_codebooks": ("--codebooks/--no-codebooks", "Train the index's PQ codebooks."),
+               "train_coarse": ("--coarse/--no-coarse", "Train the index's coarse centroids."),
+               "train_rows": ("--train-rows/--freeze-rows", "Train the passage rows too (the paper's method).")}
+
+
+def train_options(fn):
+    """One option per TrainConfig field, named after it, with its default and help."""
+    defaults = TrainConfig()
+    for name in reversed([f for f in TrainConfig.__dataclass_fields__]):
+        value = getattr(defaults, name)
+        if name in TRAIN_FLAGS:
+            decls, text = TRAIN_FLAGS[name]
+            fn = click.option(decls, name, default=value, show_default=True, help=text)(fn)
+            continue
+        kind = {int: int, float: float}[type(value)]  # ranges are checked by TrainConfig.validate
+        decls = ["-k"] if name == "k" else ["--" + name.replace("_", "-")]
+        fn = click.option(*decls, name, type=kind, default=value, show_default=True, help=TRAIN_HELP[name])(fn)
+    return fn
 
 
 @cli.command("train")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
-@click.option("--queries", required=True, type=click.Path(dir_okay=False), help="BEIR queries.jsonl[.gz].")
-@click.option("--qrels", required=True, type=click.Path(dir_okay=False), help="Training qrels TSV.")
+@cache_argument
+@click.option("--queries", type=click.Path(dir_okay=False), default=None,
+              help="BEIR queries.jsonl[.gz]: with --qrels, the training queries; without, unlabelled queries.")
+@click.option("--qrels", type=click.Path(dir_okay=False), default=None, help="Training qrels (optional).")
 @click.option("--dev-qrels", type=click.Path(dir_okay=False), default=None,
-              help="Dev qrels for early stopping (default: hold back --dev-fraction of the training queries).")
-@click.option("--epochs", type=click.IntRange(min=1), default=TrainConfig.epochs, show_default=True,
-              help="Passes over the training queries (one positive per query per pass).")
-@click.option("--steps", type=click.IntRange(min=0), default=0, help="Train this many steps instead of --epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=TrainConfig.k, show_default=True,
-              help="Negatives mined from the index per query (shared across the batch).")
-@click.option("--budget", type=click.IntRange(min=0), default=0, help="Cap on candidates per step (default B*k).")
-@click.option("--tau", type=float, default=TrainConfig.tau, show_default=True, help="Softmax temperature.")
-@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, help="Learning rate of the embeddings.")
-@click.option("--head-lr", type=float, default=TrainConfig.head_lr, show_default=True)
-@click.option("--warmup", type=float, default=TrainConfig.warmup, show_default=True, help="Warm-up fraction.")
-@click.option("--clip", type=float, default=TrainConfig.clip, show_default=True, help="Max gradient norm.")
-@click.option("--nprobe", type=click.IntRange(min=1), default=TrainConfig.nprobe, show_default=True)
-@click.option("--refresh-every", type=click.IntRange(min=1), default=TrainConfig.refresh_every, show_default=True,
-              help="Steps between re-encoding changed rows into the index.")
-@click.option("--retrain-every", type=click.IntRange(min=0), default=0,
-              help="Steps between retraining the index codebooks (default: never).")
-@click.option("--score-quantized/--score-float", default=False, show_default=True,
-              help="Score candidates by their PQ reconstruction (straight-through), not the float rows.")
-@click.option("--final-retrain/--no-final-retrain", default=False, show_default=True,
-              help="At the end, retrain the index codebooks on the trained embeddings (else re-encode only).")
-@click.option("--eval-every", type=click.IntRange(min=1), default=TrainConfig.eval_every, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=TrainConfig.patience, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=TrainConfig.checkpoint_every,
-              show_default=True)
-@click.option("--dev-fraction", type=float, default=TrainConfig.dev_fraction, show_default=True)
-@click.option("--overlay-rows", type=click.IntRange(min=1), default=TrainConfig.overlay_rows, show_default=True,
-              help="Changed passages kept in memory between checkpoints (more: fewer checkpoints, more RAM).")
-@click.option("--head/--no-head", "train_head", default=True, help="Train the query head.")
-@click.option("--train-cache/--freeze-cache", "train_cache", default=True, help="Train the passage embeddings.")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="Dev qrels for early stopping (default: hold out --dev-share of the training positives).")
+@click.option("--run", "run", default=None, metavar="NAME",
+              help="Name of the run (default: 'default', or the options that differ from the defaults).")
+@train_options
 @threads_option
 @quiet_option
 @user_errors
-def train_cmd(cache_path, queries, qrels, dev_qrels, threads, quiet, **options):
-    """Train the cached embeddings and a query head on the IVF-PQ index (resumable: rerun after a crash)."""
+def train_cmd(cache_path, queries, qrels, dev_qrels, run, threads, quiet, **options):
+    """Teach the index and a query head to rank like flat search (and the labels), as a named run.
+
+    The cache and the base index are never modified; a rerun after a crash resumes the run.
+    """
     from .train.trainer import train
 
-    result = train(cache_path, queries, qrels, dev_qrels, TrainConfig(**options), threads=threads, quiet=quiet)
+    result = train(cache_path, queries, qrels, dev_qrels, TrainConfig(**options), run=run, threads=threads,
+                   progress=progress_for(quiet))
     click.echo(result.summary())
 
 
+@cli.group("runs")
+def runs_group():
+    """List or remove the training runs of a cache."""
+
+
+@runs_group.command("list")
+@cache_argument
+@json_option
+@user_errors
+def runs_list_cmd(cache_path, as_json):
+    """List the runs: name, state, dev score, date and settings."""
+    from .info import format_runs, runs_info
+
+    runs = runs_info(cache_path)
+    click.echo(json.dumps(runs, indent=1) if as_json else format_runs(runs))
+
+
+@runs_group.command("rm")
+@cache_argument
+@click.argument("names", nargs=-1, required=True)
+@user_errors
+def runs_rm_cmd(cache_path, names):
+    """Delete runs (their directory beside the cache)."""
+    from .runs import remove_run
+
+    for name in names:
+        click.echo(f"removed {remove_run(cache_path, name)}")
+
+
 @cli.command("export")
-@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@cache_argument
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Directory to create: query_encoder/ (ONNX, head folded in), embeddings.npy, ids.txt.")
+@run_option
 @quiet_option
 @user_errors
-def export_cmd(cache_path, out, quiet):
-    """Export the query encoder (with the trained head) and the passage embeddings for serving."""
+def export_cmd(cache_path, out, run, quiet):
+    """Export a run's query encoder (with its head) and the passage embeddings for serving."""
     from .export import export
 
-    click.echo(export(cache_path, out, quiet=quiet).summary())
+    click.echo(export(cache_path, out, run=run, progress=progress_for(quiet)).summary())
 
 
 @cli.command("demo")
@@ -250,10 +324,10 @@ def export_cmd(cache_path, out, quiet):
 @quiet_option
 @user_errors
 def demo_cmd(workdir, threads, quiet):
-    """Run the whole pipeline on a small SciFact sample shipped with qlite."""
+    """Run the whole pipeline on a small sample shipped with qlite, and show what training wins back."""
     from .demo import run_demo
 
-    run_demo(Path(workdir) if workdir else None, threads=threads, quiet=quiet)
+    run_demo(Path(workdir) if workdir else None, threads=threads, progress=progress_for(quiet), echo=click.echo)
 
 
 def main():

@@ -16,7 +16,7 @@ from .conftest import demo_docs, kill_when, write_jsonl
 
 def test_build_matches_direct_encoding_and_records_metadata(tmp_path, tiny_model, small_corpus):
     out = tmp_path / "c.h5"
-    res = build_cache(small_corpus, out, model_dir=tiny_model, quiet=True, chunk_rows=16, batch_size=4)
+    res = build_cache(small_corpus, out, model_dir=tiny_model, chunk_rows=16, batch_size=4)
     assert res.rows == res.encoded == 40 and not res.already_complete
     with Cache(out) as c:
         assert c.complete and c.rows_done == 40 and c.embeddings.shape == (40, 32)
@@ -38,25 +38,25 @@ def test_build_matches_direct_encoding_and_records_metadata(tmp_path, tiny_model
 
 def test_complete_cache_is_left_alone_unless_forced(tmp_path, tiny_model, small_corpus):
     out = tmp_path / "c.h5"
-    build_cache(small_corpus, out, model_dir=tiny_model, quiet=True)
+    build_cache(small_corpus, out, model_dir=tiny_model)
     mtime = out.stat().st_mtime_ns
-    res = build_cache(small_corpus, out, model_dir=tiny_model, quiet=True)
+    res = build_cache(small_corpus, out, model_dir=tiny_model)
     assert res.already_complete and "already complete" in res.summary() and out.stat().st_mtime_ns == mtime
-    res = build_cache(small_corpus, out, model_dir=tiny_model, quiet=True, force=True)
+    res = build_cache(small_corpus, out, model_dir=tiny_model, force=True)
     assert res.encoded == 40
 
 
 def test_other_corpus_or_model_is_refused(tmp_path, tiny_model, small_corpus, model_cache_dir):
     out = tmp_path / "c.h5"
-    build_cache(small_corpus, out, model_dir=tiny_model, quiet=True, chunk_rows=8)
+    build_cache(small_corpus, out, model_dir=tiny_model, chunk_rows=8)
     with Cache(out, writable=True) as c:
         c.progress[0] = 8  # pretend it was interrupted
     other = write_jsonl(tmp_path / "other.jsonl", demo_docs(41)[1:])
     with pytest.raises(QliteError, match="another corpus"):
-        build_cache(other, out, model_dir=tiny_model, quiet=True)
+        build_cache(other, out, model_dir=tiny_model)
     with pytest.raises(QliteError, match="another model or max length"):
-        build_cache(small_corpus, out, model_dir=tiny_model, max_length=64, quiet=True)
-    res = build_cache(small_corpus, out, model_dir=tiny_model, quiet=True)
+        build_cache(small_corpus, out, model_dir=tiny_model, max_length=64)
+    res = build_cache(small_corpus, out, model_dir=tiny_model)
     assert res.resumed_from == 8 and res.encoded == 32
 
 
@@ -64,7 +64,7 @@ def test_bad_input_leaves_no_cache(tmp_path, tiny_model):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "a", "text": "x"}\n{"_id": "b" "text": "y"}\n')
     with pytest.raises(QliteError, match=r"bad.jsonl:2: malformed JSON"):
-        build_cache(bad, tmp_path / "c.h5", model_dir=tiny_model, quiet=True)
+        build_cache(bad, tmp_path / "c.h5", model_dir=tiny_model)
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -72,7 +72,7 @@ def test_not_a_cache_is_not_overwritten_silently(tmp_path, tiny_model, small_cor
     out = tmp_path / "c.h5"
     out.write_text("precious")
     with pytest.raises(QliteError, match="not a usable cache"):
-        build_cache(small_corpus, out, model_dir=tiny_model, quiet=True)
+        build_cache(small_corpus, out, model_dir=tiny_model)
     assert out.read_text() == "precious"
 
 

@@ -28,9 +28,9 @@ def test_build_info_eval_roundtrip(tmp_path, tiny_model):
     r = run("eval", out, "--queries", queries, "--qrels", qrels, "-m", "ndcg@10,recall@5")
     assert r.exit_code == 0, r.output
     head, flat = r.output.strip().splitlines()
-    assert head.split() == ["system", "queries", "ndcg@10", "recall@5"]
-    assert flat.split()[:2] == ["flat", "2"]
-    assert 0.0 <= float(flat.split()[2]) <= 1.0
+    assert head.split() == ["system", "run", "queries", "ndcg@10", "recall@5"]
+    assert flat.split()[:3] == ["flat", "untrained", "2"]
+    assert 0.0 <= float(flat.split()[3]) <= 1.0
 
 
 def test_errors_are_one_line_and_nonzero(tmp_path, tiny_model):
@@ -75,7 +75,7 @@ def test_index_build_search_trec_and_eval_columns(tmp_path, tiny_model):
     lines = r.output.strip().splitlines()
     assert len(lines) == 3 and lines[0].split()[0] == "1"
     titles = {d["_id"]: d["title"] for d in docs}
-    for line in lines:  # rank, score, id, then the snippet read back from the corpus file
+    for line in lines:  # rank, score, id, then the snippet kept in the cache
         assert titles[line.split()[2]][:20] in line
 
     run_file = tmp_path / "run.trec"
@@ -93,4 +93,4 @@ def test_index_build_search_trec_and_eval_columns(tmp_path, tiny_model):
         r = run("index", "build", cache, *bad, "--quiet")
         assert r.exit_code == 1 and msg in r.output
     r = run("search", cache, "x", "-k", 0)
-    assert r.exit_code == 1 and "-k must be positive" in r.output
+    assert r.exit_code == 2 and "Invalid value for '-k'" in r.output

@@ -2,16 +2,21 @@ import json
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
 from qlite.build import build_cache
 from qlite.cache import Cache
+from qlite.encoder.model_dir import file_sha256
 from qlite.errors import QliteError
-from qlite.indexing import build_index, open_index
+from qlite.evaluate import evaluate
+from qlite.index.build import build_index
+from qlite.runs import UNTRAINED, latest_run, list_runs, open_retriever, remove_run, run_dir
 from qlite.train.candidates import build_candidates
-from qlite.train.checkpoint import checkpoint_path, log_path
 from qlite.train.config import TrainConfig, lr_factor
+from qlite.train.pool import Labelled, csr, split_by_passage
+from qlite.train.state import TrainState
 from qlite.train.trainer import train
 
 from .conftest import demo_docs, kill_when, write_jsonl
@@ -19,18 +24,20 @@ from .conftest import demo_docs, kill_when, write_jsonl
 
 def test_candidates_union_dedup_insert_mask_and_budget():
     hits = np.array([[5, 9, 2, -1],
-                     [9, 7, 5, 1]])
-    positives = np.array([3, 7])  # query 0's positive was missed by the index; query 1's was found
-    query_positives = [np.array([3, 9]), np.array([7])]  # 9 is also relevant to query 0
-    c = build_candidates(hits, positives, query_positives, budget=100)
-    assert c.rows.tolist() == [1, 2, 3, 5, 7, 9]  # union, deduplicated, sorted, positive 3 inserted
-    assert c.rows[c.target].tolist() == [3, 7]
+                     [9, 7, 5, 1],
+                     [4, 5, -1, -1]])
+    teacher = np.array([[8, 5], [7, 6], [4, 0]])
+    positives = np.array([3, 7, -1])  # query 0's positive was missed by both; query 2 has no label
+    query_positives = [np.array([3, 9]), np.array([7]), np.zeros(0, np.int64)]  # 9 is also relevant to query 0
+    c = build_candidates([hits, teacher], positives, query_positives)
+    assert c.rows.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  # union, deduplicated, sorted, positive 3 inserted
+    assert c.rows[c.target[:2]].tolist() == [3, 7]
     assert c.inserted == 1
     masked = {(b, int(c.rows[j])) for b, j in zip(*np.nonzero(c.mask))}
-    assert masked == {(0, 9)}  # 9 is never a negative of query 0, but stays one for query 1
-    # a budget keeps the positives and the best-ranked negatives across the batch
-    c = build_candidates(hits, positives, query_positives, budget=4)
-    assert c.rows.tolist() == [3, 5, 7, 9]
+    assert masked == {(0, 9)}  # 9 is never a negative of query 0, but stays one for the others
+    # a budget keeps the positives and the best ranks across lists and queries (rank-major)
+    c = build_candidates([hits, teacher], positives, query_positives, budget=6)
+    assert c.rows.tolist() == [3, 4, 5, 7, 8, 9]
 
 
 def test_lr_factor_warms_up_then_decays_to_zero():
@@ -39,11 +46,46 @@ def test_lr_factor_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] == pytest.approx(0.0)
 
 
-def test_config_errors_name_the_option():
-    with pytest.raises(QliteError, match="--batch-size"):
+def test_config_errors_and_run_names():
+    with pytest.raises(QliteError, match="batch_size"):
         TrainConfig(batch_size=0).validate()
     with pytest.raises(QliteError, match="nothing to train"):
-        TrainConfig(train_head=False, train_cache=False).validate()
+        TrainConfig(train_head=False, train_codebooks=False, train_coarse=False).validate()
+    with pytest.raises(QliteError, match="no loss"):
+        TrainConfig(distill=0).validate()
+    assert TrainConfig().run_name() == "default"
+    assert TrainConfig(tau=0.1, train_rows=True).run_name() == "tau=0.1+rows=on"
+    long = TrainConfig(tau=0.1, lr=0.002, head_lr=0.001, epochs=3.5, batch_size=7, k=13, teacher_k=9, seed=4)
+    assert len(long.run_name()) <= 60 and long.run_name() != TrainConfig(tau=0.1, lr=0.002, head_lr=0.001,
+                                                                           epochs=3.5, batch_size=7, k=13,
+                                                                           teacher_k=9, seed=5).run_name()
+
+
+def test_split_by_passage_never_trains_on_dev_passages():
+    parts = [np.array([0]), np.array([1, 2]), np.array([3]), np.array([2, 4])] * 20
+    ptr, rows = csr(parts)
+    labelled = Labelled([f"q{i}" for i in range(80)], ["t"] * 80, ptr, rows, {f"q{i}": {} for i in range(80)})
+    held = np.zeros(5, bool)
+    held[[2, 3]] = True
+    train, dev, how = split_by_passage(labelled, held, seed=0)
+    assert how == "dev: held-out passages"
+    assert len(dev) == 20 and all(set(dev.positives(i)) == {3} for i in range(len(dev)))  # only all-held queries
+    assert not held[train.pos_rows].any()  # mixed queries keep their training positives only
+    assert len(train) == 60
+    _, dev, how = split_by_passage(labelled.subset(range(40)), held, seed=0)  # too few all-held: hold out queries
+    assert how == "dev: held-out queries" and len(dev) == 4
+
+
+def test_state_saves_and_loads_itself(tmp_path):
+    st = TrainState.start(np.eye(3, dtype=np.float32), np.ones((2, 3), np.float32), np.zeros((1, 4, 3), np.float32))
+    st.step, st.best_score, st.history = 7, 0.5, [[0, 0.25], [5, 0.5]]
+    st.rows_changed = np.array([True, False, True])
+    st.save(tmp_path / "s.h5", {"fingerprint": 1})
+    back, meta = TrainState.load(tmp_path / "s.h5")
+    assert meta == {"fingerprint": 1} and back.step == 7 and back.history == [[0, 0.25], [5, 0.5]]
+    np.testing.assert_array_equal(back.head, st.head)
+    np.testing.assert_array_equal(back.rows_changed, st.rows_changed)
+    assert back.journal_rows is None
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +99,13 @@ def title_task(tmp_path_factory, tiny_model):
     qrels = root / "qrels.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{d['_id']}\t1\n" for i, d in enumerate(chosen)))
     cache = root / "base.h5"
-    build_cache(corpus, cache, model_dir=tiny_model, quiet=True, threads=1)
-    build_index(cache, nlist=8, m=8, nbits=6, opq=False, threads=1, quiet=True)
+    build_cache(corpus, cache, model_dir=tiny_model, threads=1)
+    build_index(cache, nlist=8, m=8, nbits=6, opq=False, threads=1)
     return {"root": root, "cache": cache, "queries": queries, "qrels": qrels}
 
 
-def copy_cache(task, name):
+def fresh_copy(task, name):
+    """A copy of the task's cache and base index, with no runs."""
     import shutil
 
     dst = task["root"] / f"{name}.h5"
@@ -71,88 +114,103 @@ def copy_cache(task, name):
     return dst
 
 
-def index_recall(cache_path, queries, qrels, k=10):
-    from qlite.evaluate import evaluate
-
-    report = evaluate(cache_path, queries, qrels, (f"recall@{k}",), threads=1, nprobe=2)
-    return {name.split()[0]: vals[f"recall@{k}"] for name, vals in report.rows}
+def index_metric(cache_path, task, metric="recall@10", run=None):
+    report = evaluate(cache_path, task["queries"], task["qrels"], (metric,), runs=run, threads=1, nprobe=2)
+    return {r.system.split()[0]: r.means[metric] for r in report.rows}
 
 
-def test_training_lifts_ivfpq_recall_and_search_uses_the_head(title_task):
-    before = index_recall(title_task["cache"], title_task["queries"], title_task["qrels"])
-    path = copy_cache(title_task, "trained")
-    cfg = TrainConfig(batch_size=16, k=40, epochs=8, lr=3e-3, head_lr=1e-3, eval_every=15, refresh_every=5,
-                      nprobe=2)
-    # held-out titles cannot improve (their passages are not trained): early-stop on the training queries
-    result = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1,
-                   quiet=True)
-    after = index_recall(path, title_task["queries"], title_task["qrels"])
-    # recorded: IVF-PQ recall@10 of the 240 title queries (nprobe 2 of 8) 0.09 -> 0.45; flat 0.10 -> 0.76
+def test_supervised_training_lifts_ivfpq_recall_and_leaves_the_cache_alone(title_task):
+    path = fresh_copy(title_task, "supervised")
+    sha = file_sha256(path)
+    before = index_metric(path, title_task)
+    cfg = TrainConfig(supervised=1.0, batch_size=16, k=40, teacher_k=20, epochs=20, lr=1e-3, head_lr=3e-3,
+                      nprobe=2, pseudo_queries=0, patience=20, train_rows=True, rows_lr=0.05, rows_radius=0.5)
+    # the titles are the only queries: early-stop on them (dev = train) to test what training can learn
+    result = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1)
+    after = index_metric(path, title_task)
+    # recorded: IVF-PQ recall@10 of the 240 title queries (nprobe 2 of 8) 0.075 -> 0.654; flat 0.104 -> 0.838
     assert after["ivfpq"] >= before["ivfpq"] + 0.25, (before, after)
-    assert result.dev_best > result.dev_start
-    with Cache(path) as c:
-        w, b = c.head()
-        assert not np.allclose(w, np.eye(c.dim))  # the head trained, and search/eval read it from the cache
-        base = Cache(title_task["cache"])
-        assert base.head() is None
-    # the saved index is the final embeddings, encoded
-    index = open_index(Cache(path))
-    with Cache(path) as c:
-        rows = np.arange(c.count)
-        labels, codes = index._encode(index.rotate(c.embeddings[rows]))
-        np.testing.assert_array_equal(index.codes[index.row_slot[rows]], codes)
-    log = [json.loads(line) for line in log_path(path).read_text().splitlines()]
+    assert result.dev_best > result.dev_start and result.run == cfg.run_name() and not result.already_done
+    assert file_sha256(path) == sha  # the cache is never modified
+    untrained = index_metric(path, title_task, run=UNTRAINED)
+    assert untrained == before  # ... so the untrained state can still be evaluated
+    r = open_retriever(Cache(path))
+    assert r.name == result.run and not np.allclose(r.head[:-1], np.eye(r.head.shape[1]))
+    log = [json.loads(line) for line in (run_dir(path, r.name) / "log.jsonl").read_text().splitlines()]
     assert any("loss" in e for e in log) and any("dev_ndcg@10" in e for e in log)
-    # rerunning the finished command does nothing
-    again = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1,
-                  quiet=True)
-    assert again.already_done
+    assert sorted(p.name for p in run_dir(path, r.name).iterdir()) == ["log.jsonl", "run.h5"]
+    again = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1)
+    assert again.already_done  # rerunning the finished command does nothing
 
 
-def test_changed_settings_are_refused_on_resume(title_task):
-    path = copy_cache(title_task, "refuse")
-    cfg = TrainConfig(batch_size=16, k=20, steps=5, eval_every=5, nprobe=2)
-    train(path, title_task["queries"], title_task["qrels"], config=cfg, threads=1, quiet=True)
-    with pytest.raises(QliteError, match="differs: lr"):
-        train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**{**cfg.__dict__, "lr": 0.1}),
-              threads=1, quiet=True)
+def test_distillation_alone_brings_the_index_closer_to_flat_search(title_task):
+    """No labels at all: passages as queries teach the codebooks; held-out queries agree more with flat."""
+    path = fresh_copy(title_task, "distill")
+    result = train(path, config=TrainConfig(batch_size=32, k=40, teacher_k=20, epochs=15, lr=3e-3, nprobe=8,
+                                            train_head=False), threads=1)
+    assert result.dev_metric == "agreement@10" and result.dev_best > result.dev_start + 0.02, result.summary()
 
 
-def _checkpoint_step(path):
-    import h5py
+def test_runs_side_by_side_listed_evaluated_and_removed(title_task):
+    path = fresh_copy(title_task, "runs")
+    base = dict(batch_size=16, k=20, teacher_k=10, steps=6, nprobe=2, pseudo_queries=32, eval_every=0.5)
+    a = train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base), threads=1)
+    b = train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, tau=0.1), threads=1)
+    assert a.run != b.run and len(a.run) <= 60  # names derived from the settings
+    assert {r.name for r in list_runs(path)} == {a.run, b.run} and latest_run(path) == b.run
+    report = evaluate(path, title_task["queries"], title_task["qrels"], ("ndcg@10",), runs="all", threads=1)
+    assert [(r.system.split()[0], r.run) for r in report.rows] == [
+        ("flat", UNTRAINED), ("ivfpq", UNTRAINED), ("flat", a.run), ("ivfpq", a.run), ("flat", b.run),
+        ("ivfpq", b.run)]
+    with pytest.raises(QliteError, match="other settings"):  # a name is bound to its settings
+        train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, tau=0.2), run=a.run,
+              threads=1)
+    remove_run(path, b.run)
+    assert latest_run(path) == a.run
+    with pytest.raises(QliteError, match="no such run"):
+        remove_run(path, b.run)
 
+
+def _state_step(path, name):
     try:
-        with h5py.File(checkpoint_path(path), "r") as f:
-            return json.loads(f.attrs["meta"])["step"]
+        with h5py.File(run_dir(path, name) / "state.h5", "r") as f:
+            return json.loads(f.attrs["state"])["step"]
     except (OSError, KeyError):
         return -1
 
 
-def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_task):
-    args = [sys.executable, "-m", "qlite", "train", "--queries", str(title_task["queries"]), "--qrels",
-            str(title_task["qrels"]), "--batch-size", "8", "-k", "30", "--epochs", "12", "--nprobe", "2",
-            "--checkpoint-every", "7", "--eval-every", "20", "--refresh-every", "3", "--patience", "100",
-            "--dev-qrels", str(title_task["qrels"]), "--cpu-threads", "1", "--quiet"]
-    clean = copy_cache(title_task, "clean")
-    subprocess.run(args[:4] + [str(clean)] + args[4:], check=True, capture_output=True)
+@pytest.mark.parametrize("rows", [False, True])
+def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_task, rows):
+    args = [sys.executable, "-m", "qlite", "train", "CACHE", "--queries", str(title_task["queries"]), "--qrels",
+            str(title_task["qrels"]), "--batch-size", "8", "-k", "30", "--teacher-k", "10", "--epochs", "6",
+            "--nprobe", "2", "--pseudo-queries", "40", "--supervised", "1", "--checkpoint-every", "7",
+            "--eval-every", "0.5", "--patience", "100", "--run", "r", "--cpu-threads", "1", "--quiet"]
+    if rows:
+        args += ["--train-rows", "--refresh-every", "3"]
+    clean = fresh_copy(title_task, f"clean{rows}")
+    subprocess.run([str(clean) if a == "CACHE" else a for a in args], check=True, capture_output=True)
 
-    path = copy_cache(title_task, "killed")
-    cmd = args[:4] + [str(path)] + args[4:]
+    path = fresh_copy(title_task, f"killed{rows}")
+    cmd = [str(path) if a == "CACHE" else a for a in args]
     kills, seen = 0, []
-    for target in (15, 120, 250):
-        kills += kill_when(cmd, lambda: _checkpoint_step(path) >= target)
-        seen.append(_checkpoint_step(path))
+    for target in (15, 60, 120):
+        kills += kill_when(cmd, lambda: _state_step(path, "r") >= target)
+        seen.append(_state_step(path, "r"))
         with Cache(path) as c:  # the cache always opens
-            assert c.complete and c.trainable
+            assert c.complete
     assert kills >= 2, f"training finished before it could be killed: {seen}"
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    with Cache(path) as a, Cache(clean) as b:
-        np.testing.assert_array_equal(a.embeddings, b.embeddings)
-        for name in ("head_weight", "head_bias", "adam_m", "adam_v", "adam_steps"):
-            np.testing.assert_array_equal(a.array(name), b.array(name))
-    ia, ib = open_index(Cache(path)), open_index(Cache(clean))
-    np.testing.assert_array_equal(ia.codes, ib.codes)
+    a, b = open_retriever(Cache(path), "r"), open_retriever(Cache(clean), "r")
+    np.testing.assert_array_equal(a.head, b.head)
+    np.testing.assert_array_equal(a.index.coarse, b.index.coarse)
+    np.testing.assert_array_equal(a.index.pq.codebooks, b.index.pq.codebooks)
+    rows_all = np.arange(Cache(path).count)
+    np.testing.assert_array_equal(a.index.codes_of(rows_all), b.index.codes_of(rows_all))
+    np.testing.assert_array_equal(a.embeddings[rows_all], b.embeddings[rows_all])
+    assert a.meta["best_step"] == b.meta["best_step"] and a.meta["dev_history"] == b.meta["dev_history"]
+    if rows:
+        assert not np.array_equal(a.embeddings[rows_all], Cache(path).embeddings[rows_all])  # rows did train
 
 
 def test_export_folds_the_head_into_one_onnx_model(title_task, tmp_path):
@@ -160,18 +218,19 @@ def test_export_folds_the_head_into_one_onnx_model(title_task, tmp_path):
 
     from qlite.cli import cli
     from qlite.encoder.encoder import Encoder
-    from qlite.evaluate import query_encoder
+    from qlite.encoder.queries import query_encoder
 
-    path = copy_cache(title_task, "export")
+    path = fresh_copy(title_task, "export")
     train(path, title_task["queries"], title_task["qrels"], title_task["qrels"],
-          config=TrainConfig(batch_size=16, k=20, steps=10, eval_every=5, nprobe=2, head_lr=1e-2), threads=1,
-          quiet=True)
+          config=TrainConfig(supervised=1.0, batch_size=16, k=20, teacher_k=10, steps=32, eval_every=0.5, nprobe=2,
+                             head_lr=1e-2, pseudo_queries=16), threads=1)
     r = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "served"), "--quiet"])
     assert r.exit_code == 0, r.output
     served = tmp_path / "served"
     texts = ["a query about cells", "protein folding", ""]
     with Cache(path) as c:
-        want = c.apply_head(query_encoder(c, threads=1).encode(texts))
+        retriever = open_retriever(c)
+        want = retriever.apply_head(query_encoder(c, threads=1).encode(texts))
         np.testing.assert_array_equal(np.load(served / "embeddings.npy"), c.embeddings)
         assert (served / "ids.txt").read_text().split() == [i.decode() for i in c.ids]
     got = Encoder(model_dir=served / "query_encoder", threads=1).encode(texts)
@@ -181,19 +240,30 @@ def test_export_folds_the_head_into_one_onnx_model(title_task, tmp_path):
     assert r.exit_code == 1 and "not empty" in r.output
 
 
-def test_cli_train_then_info_reports_the_run(title_task):
+def test_cli_train_info_runs_and_eval_all(title_task):
     from click.testing import CliRunner
 
     from qlite.cli import cli
 
-    path = copy_cache(title_task, "cli")
+    path = fresh_copy(title_task, "cli")
     args = ["train", str(path), "--queries", str(title_task["queries"]), "--qrels", str(title_task["qrels"]),
-            "--steps", "12", "--batch-size", "16", "-k", "20", "--nprobe", "2", "--eval-every", "6",
-            "--cpu-threads", "1", "--quiet"]
+            "--steps", "12", "--batch-size", "16", "-k", "20", "--teacher-k", "10", "--nprobe", "2",
+            "--pseudo-queries", "32", "--eval-every", "0.5", "--run", "mine", "--threads", "1", "--quiet"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("trained 12 steps") and "kept step" in r.output
+    assert r.output.startswith("trained run 'mine': 12 steps") and "kept step" in r.output
     r = CliRunner().invoke(cli, ["info", str(path)])
-    assert "trained: done: step 12 of 12" in r.output
+    assert "runs:    1 in" in r.output and "mine: done; dev ndcg@10" in r.output
+    info = json.loads(CliRunner().invoke(cli, ["info", str(path), "--json"]).output)
+    assert info["runs"][0]["name"] == "mine" and info["runs"][0]["settings"]["steps"] == 12
+    r = CliRunner().invoke(cli, ["eval", str(path), "--queries", str(title_task["queries"]), "--qrels",
+                                 str(title_task["qrels"]), "--runs", "all", "--json", "-m", "ndcg@10"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["results"]
+    assert [(x["system"].split()[0], x["run"]) for x in rows] == [("flat", "untrained"), ("ivfpq", "untrained"),
+                                                                   ("flat", "mine"), ("ivfpq", "mine")]
     r = CliRunner().invoke(cli, args[:-3] + ["--tau", "0"])
-    assert r.exit_code == 1 and "--tau must be positive" in r.output
+    assert r.exit_code == 1 and "tau must be positive" in r.output
+    r = CliRunner().invoke(cli, ["runs", "rm", str(path), "mine"])
+    assert r.exit_code == 0 and "removed" in r.output
+    assert list_runs(path) == []

@@ -1,97 +1,184 @@
+"""The training kernels against float64 NumPy oracles and central finite differences."""
 import numpy as np
+import pytest
 
-from qlite.train.kernels import adam_dense, adam_rows, clip_rows, gather_rows, loss_and_grads, scatter_rows
-
-
-def loss64(q, cand, target, mask, tau):
-    """Float64 oracle of the masked softmax cross-entropy."""
-    s = q.astype(np.float64) @ cand.astype(np.float64).T / tau
-    keep = ~mask.copy()
-    keep[np.arange(len(q)), target] = True
-    s = np.where(keep, s, -np.inf)
-    mx = s.max(1, keepdims=True)
-    logz = mx[:, 0] + np.log(np.exp(s - mx).sum(1))
-    return float((logz - s[np.arange(len(q)), target]).mean())
+from qlite.train.kernels import (adam_dense, reconstruct, scatter_adc_grads, sgd_rows_in_radius, softmax_losses,
+                                 step_gradients)
 
 
-def problem(seed=0, B=4, C=9, d=6):
+def step_loss64(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w, taus,
+                teacher_head):
+    """Float64 oracle of the whole step's loss, written from the definitions in qlite.train.kernels."""
+    tau_s, tau_t, tau_sup = taus
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    q, head, rotation, rows, coarse, codebooks = map(f64, (q, head, rotation, rows, coarse, codebooks))
+    B, C = len(q), len(rows)
+    M, _, dsub = codebooks.shape
+    h = np.hstack([q, np.ones((B, 1))]) @ head
+    u = h @ rotation
+    xhat = coarse[lists] + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
+    s = u @ xhat.T / tau_s
+    f = h @ rows.T
+    t = (f if teacher_head else q @ rows.T) / tau_t
+
+    def log_softmax(z):
+        mx = z.max(1, keepdims=True)
+        return z - mx - np.log(np.exp(z - mx).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(t), log_softmax(s)
+    kl = (np.exp(lp) * (lp - lq)).sum(1)
+    keep = ~mask
+    keep[np.arange(B), target] = True
+    fs = np.where(keep, f / tau_sup, -np.inf)
+    sup = -log_softmax(fs)[np.arange(B), target]
+    return float(((kl_w * kl) + np.where(sup_w != 0, sup_w * sup, 0.0)).sum() / B)
+
+
+def problem(seed=0, B=4, C=9, d=8, M=4, ksub=5, nlist=3):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((B, d)).astype(np.float32)
-    cand = rng.standard_normal((C, d)).astype(np.float32)
-    target = rng.integers(C, size=B)
+    head = (np.vstack([np.eye(d), np.zeros((1, d))]) + 0.1 * rng.standard_normal((d + 1, d))).astype(np.float32)
+    rotation = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    rows = rng.standard_normal((C, d)).astype(np.float32)
+    lists = rng.integers(nlist, size=C).astype(np.int64)
+    codes = rng.integers(ksub, size=(C, M)).astype(np.uint8)
+    coarse = (0.5 * rng.standard_normal((nlist, d))).astype(np.float32)
+    codebooks = (0.5 * rng.standard_normal((M, ksub, d // M))).astype(np.float32)
+    target = rng.integers(C, size=B).astype(np.int64)
     mask = np.zeros((B, C), bool)
     mask[0, (target[0] + 1) % C] = True  # query 0 has a second positive: masked, not a negative
     mask[2, [(target[2] + 2) % C, (target[2] + 3) % C]] = True
-    return q, cand, target, mask
+    kl_w = np.array([1.0, 0.5, 1.0, 0.0])[:B]
+    sup_w = np.array([0.7, 0.0, 1.0, 1.0])[:B]  # query 1 has no label
+    return q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w
 
 
-def test_loss_matches_float64_oracle_and_masking_matters():
-    q, cand, target, mask = problem()
-    loss, _, _ = loss_and_grads(q, cand, target, mask, 0.1)
-    assert abs(loss - loss64(q, cand, target, mask, 0.1)) < 1e-6
-    unmasked, _, _ = loss_and_grads(q, cand, target, np.zeros_like(mask), 0.1)
-    assert abs(unmasked - loss) > 1e-4  # the masked positives really left the softmax
+@pytest.mark.parametrize("teacher_head", [True, False])
+def test_step_loss_and_gradients_match_float64_finite_differences(teacher_head):
+    p = problem(seed=1)
+    q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = p
+    taus = (0.5, 0.7, 0.6)
+    kl, sup, grads = step_gradients(*p, *taus, teacher_head=teacher_head)
+    oracle = step_loss64(*p, taus, teacher_head)
+    assert abs(kl + sup - oracle) < 1e-5
+    assert kl > 0 and sup > 0
+    h = 1e-3
 
-
-def test_gradients_match_finite_differences():
-    q, cand, target, mask = problem(seed=1)
-    tau, h = 0.5, 1e-4
-    _, gq, gc = loss_and_grads(q, cand, target, mask, tau)
-    for arr, grad in ((q, gq), (cand, gc)):
+    def numeric(name, arr):
         num = np.zeros(arr.shape)
         for idx in np.ndindex(arr.shape):
-            plus, minus = arr.astype(np.float64).copy(), arr.astype(np.float64).copy()
-            plus[idx] += h
-            minus[idx] -= h
-            a = (plus, cand) if arr is q else (q, plus)
-            b = (minus, cand) if arr is q else (q, minus)
-            num[idx] = (loss64(*a, target, mask, tau) - loss64(*b, target, mask, tau)) / (2 * h)
-        np.testing.assert_allclose(grad, num, atol=2e-5)
+            vals = []
+            for sign in (1, -1):
+                a = arr.astype(np.float64).copy()
+                a[idx] += sign * h
+                args = {"head": head, "coarse": coarse, "codebooks": codebooks, "rows": rows, name: a}
+                vals.append(step_loss64(q, args["head"], rotation, args["rows"], lists, codes, args["coarse"],
+                                        args["codebooks"], target, mask, kl_w, sup_w, taus, teacher_head))
+            num[idx] = (vals[0] - vals[1]) / (2 * h)
+        return num
+
+    # the teacher takes no gradient (stop-gradient): head and rows are checked with it held fixed
+    np.testing.assert_allclose(grads["head"], _numeric_detached(p, taus, "head", teacher_head), atol=2e-4)
+    np.testing.assert_allclose(grads["rows"], _numeric_detached(p, taus, "rows", teacher_head), atol=2e-4)
+    np.testing.assert_allclose(grads["coarse"], numeric("coarse", coarse), atol=2e-4)
+    np.testing.assert_allclose(grads["codebooks"], numeric("codebooks", codebooks), atol=2e-4)
+    assert np.abs(grads["codebooks"]).sum() > 0 and np.abs(grads["coarse"]).sum() > 0
 
 
-def reference_adam(p, g, m, v, t, lr, b1, b2, eps):
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
-    return p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps), m, v
+def _numeric_detached(p, taus, name, teacher_head, h=1e-3):
+    """Finite differences with the teacher held at its current value (stop-gradient), as the kernel defines it."""
+    q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = p
+    q64 = q.astype(np.float64)
+    query = np.hstack([q64, np.ones((len(q), 1))]) @ head.astype(np.float64) if teacher_head else q64
+    teacher = query @ rows.astype(np.float64).T
+    arr = {"head": head, "rows": rows}[name]
+    num = np.zeros(arr.shape)
+    for idx in np.ndindex(arr.shape):
+        vals = []
+        for sign in (1, -1):
+            a = arr.astype(np.float64).copy()
+            a[idx] += sign * h
+            hd, rw = (a, rows) if name == "head" else (head, a)
+            vals.append(_loss_fixed_teacher(q, hd, rotation, rw, lists, codes, coarse, codebooks, target, mask,
+                                            kl_w, sup_w, taus, teacher))
+        num[idx] = (vals[0] - vals[1]) / (2 * h)
+    return num
 
 
-def test_adam_dense_and_rows_match_the_textbook_step():
-    rng = np.random.default_rng(2)
-    p0 = rng.standard_normal((5, 4)).astype(np.float32)
-    g = rng.standard_normal((5, 4)).astype(np.float32)
-    m0 = rng.standard_normal((5, 4)).astype(np.float32) * 0.1
-    v0 = rng.random((5, 4)).astype(np.float32) * 0.1
-    want, wm, wv = reference_adam(p0.astype(np.float64), g, m0.astype(np.float64), v0.astype(np.float64), 3,
-                                  1e-2, 0.9, 0.999, 1e-8)
-    p, m, v = p0.copy(), m0.copy(), v0.copy()
-    adam_dense(p, g, m, v, 3, 1e-2, 0.9, 0.999, 1e-8)
-    np.testing.assert_allclose(p, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m, wm, rtol=1e-5, atol=1e-7)
-    # rows with different step counts get their own bias correction
-    steps = np.array([0, 2, 5, 0, 9], np.int64)
-    p, m, v = p0.copy(), m0.copy(), v0.copy()
-    adam_rows(p, g, m, v, steps, 1e-2, 0.9, 0.999, 1e-8)
-    assert list(steps) == [1, 3, 6, 1, 10]
-    for r, t in enumerate([1, 3, 6, 1, 10]):
-        w, _, _ = reference_adam(p0[r].astype(np.float64), g[r], m0[r].astype(np.float64),
-                                 v0[r].astype(np.float64), t, 1e-2, 0.9, 0.999, 1e-8)
-        np.testing.assert_allclose(p[r], w, rtol=1e-5, atol=1e-6)
+def _loss_fixed_teacher(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w, taus,
+                        teacher):
+    tau_s, tau_t, tau_sup = taus
+    B = len(q)
+    M = codebooks.shape[0]
+    h = np.hstack([q, np.ones((B, 1))]) @ np.asarray(head, np.float64)
+    u = h @ rotation.astype(np.float64)
+    xhat = coarse[lists].astype(np.float64) + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], 1)
+    s = u @ xhat.T / tau_s
+    f = h @ np.asarray(rows, np.float64).T
+
+    def log_softmax(z):
+        mx = z.max(1, keepdims=True)
+        return z - mx - np.log(np.exp(z - mx).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(teacher / tau_t), log_softmax(s)
+    kl = (np.exp(lp) * (lp - lq)).sum(1)
+    keep = ~mask
+    keep[np.arange(B), target] = True
+    sup = -log_softmax(np.where(keep, f / tau_sup, -np.inf))[np.arange(B), target]
+    return float(((kl_w * kl) + np.where(sup_w != 0, sup_w * sup, 0.0)).sum() / B)
 
 
-def test_clip_rows_caps_each_row_norm():
-    g = np.array([[3, 4], [0.3, 0.4], [0, 0]], np.float32)
-    clip_rows(g, 1.0)
-    np.testing.assert_allclose(g, [[0.6, 0.8], [0.3, 0.4], [0, 0]], rtol=1e-6)
+def test_masking_changes_only_the_supervised_loss():
+    q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = problem()
+    s = np.random.default_rng(3).standard_normal((len(q), len(rows))).astype(np.float32)
+    kl1, sup1, _, _ = softmax_losses(s, s, s, mask, target, kl_w, sup_w, 0.3, 0.3, 0.3)
+    kl2, sup2, _, _ = softmax_losses(s, s, s, np.zeros_like(mask), target, kl_w, sup_w, 0.3, 0.3, 0.3)
+    np.testing.assert_array_equal(kl1, kl2)
+    assert sup1[0] < sup2[0] and sup1[2] < sup2[2]  # masked positives left the softmax: lower loss
+    assert sup1[3] == sup2[3]
+    assert np.all(kl1[kl_w > 0] >= 0) and kl1[3] == 0  # no KL where the weight is 0
+    # identical teacher and student: the KL and its gradient vanish
+    _, _, g_s, _ = softmax_losses(s, s, s, mask, target, kl_w, np.zeros_like(sup_w), 0.3, 0.3, 0.3)
+    assert np.abs(g_s).max() < 1e-7
 
 
-def test_gather_prefers_the_overlay_and_scatter_writes_it():
-    rng = np.random.default_rng(3)
-    base = [rng.standard_normal((6, 3)).astype(np.float32) for _ in range(3)] + [np.arange(6, dtype=np.int32)]
-    over = [np.zeros((2, 3), np.float32) for _ in range(3)] + [np.zeros(2, np.int64)]
-    slot_of_row = np.full(6, -1, np.int64)
-    slot_of_row[4] = 1
-    scatter_rows(np.array([1]), *(np.full((1, 3), 7, np.float32) for _ in range(3)), np.array([99]), *over)
-    e, m, v, s = gather_rows(np.array([4, 2]), slot_of_row, *base, *over)
-    assert (e[0] == 7).all() and s[0] == 99  # row 4 comes from the overlay
-    np.testing.assert_array_equal(e[1], base[0][2])
-    assert s[1] == 2
+def test_reconstruct_and_scatter_match_numpy():
+    q, head, rotation, rows, lists, codes, coarse, codebooks, *_ = problem(seed=2, C=30)
+    M, ksub, dsub = codebooks.shape
+    want = coarse[lists] + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
+    np.testing.assert_array_equal(reconstruct(lists, codes, coarse, codebooks), want)
+    g = np.random.default_rng(4).standard_normal(want.shape).astype(np.float32)
+    gc, gcb = np.zeros_like(coarse), np.zeros_like(codebooks)
+    scatter_adc_grads(g, lists, codes, gc, gcb)
+    wc, wcb = np.zeros(coarse.shape), np.zeros(codebooks.shape)
+    np.add.at(wc, lists, g)
+    for m in range(M):
+        np.add.at(wcb[m], codes[:, m], g[:, m * dsub:(m + 1) * dsub])
+    np.testing.assert_allclose(gc, wc, atol=1e-5)
+    np.testing.assert_allclose(gcb, wcb, atol=1e-5)
+
+
+def test_adam_dense_is_the_textbook_step():
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((3, 4)).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    want, mw, vw = p.astype(np.float64), np.zeros(p.shape), np.zeros(p.shape)
+    for step in (1, 2, 3):
+        g = rng.standard_normal(p.shape).astype(np.float32)
+        adam_dense(p, g, m, v, step, 0.01, 0.9, 0.999, 1e-8)
+        mw = 0.9 * mw + 0.1 * g
+        vw = 0.999 * vw + 0.001 * g.astype(np.float64) ** 2
+        want -= 0.01 * (mw / (1 - 0.9 ** step)) / (np.sqrt(vw / (1 - 0.999 ** step)) + 1e-8)
+    np.testing.assert_allclose(p, want, atol=1e-5)
+
+
+def test_sgd_rows_step_follows_the_gradient_and_stays_in_radius():
+    rng = np.random.default_rng(6)
+    origin = rng.standard_normal((3, 5)).astype(np.float32)
+    rows = origin.copy()
+    grads = np.array([[1e-6] * 5, [0.1] * 5, [100.0] * 5], np.float32)
+    sgd_rows_in_radius(rows, grads, origin, 0.01, 0.5)
+    moved = np.linalg.norm(rows - origin, axis=1)
+    assert moved[1] == pytest.approx(0.01 * np.linalg.norm(grads[1]), rel=1e-4)  # a step of lr x the gradient
+    assert moved[0] < 1e-6  # a negligible gradient barely moves its row (per-row Adam would move it by ~lr)
+    assert moved[2] == pytest.approx(0.5, rel=1e-5)  # the trust radius caps a large step

@@ -57,7 +57,7 @@ def load_task(a, cache):
 
 def run_qlite(a, cache_path, mem):
     from qlite.cache import Cache
-    from qlite.indexing import open_index
+    from qlite.index.build import open_index
     from qlite.threads import set_threads
     from qlite.train.config import TrainConfig
     from qlite.train.trainer import Trainer
@@ -116,7 +116,7 @@ def run_torch(a, cache_path, mem):
     import torch
 
     from qlite.cache import Cache
-    from qlite.indexing import open_index
+    from qlite.index.build import open_index
     from qlite.threads import set_threads
     from qlite.train.candidates import build_candidates
 

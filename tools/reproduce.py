@@ -19,7 +19,7 @@ from pathlib import Path
 from qlite.build import build_cache
 from qlite.evaluate import evaluate
 from qlite.index.store import default_index_path
-from qlite.indexing import build_index
+from qlite.index.build import build_index
 from qlite.train.checkpoint import checkpoint_path, log_path
 from qlite.train.config import TrainConfig
 from qlite.train.trainer import train

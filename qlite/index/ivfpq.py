@@ -199,6 +199,14 @@ class IVFPQIndex:
         if rows.min() < 0 or rows.max() >= len(self.row_list):
             raise QliteError("update: row out of range")
         new_list, new_codes = self._encode(self.rotate(vectors))
+        return self.assign(rows, new_list, new_codes)
+
+    def assign(self, rows, lists, codes):
+        """Store given (list, codes) for ``rows`` (as ``update`` does after encoding); returns rows moved."""
+        rows = np.asarray(rows, np.int64)
+        new_list, new_codes = np.asarray(lists, np.int32), np.asarray(codes, np.uint8)
+        if len(rows) == 0:
+            return 0
         if not self.codes.flags.writeable:
             self.codes = np.array(self.codes)
         same = new_list == self.row_list[rows]

@@ -1,56 +1,104 @@
-"""Training options (importable without Numba, so the CLI starts fast) and the learning-rate schedule."""
+"""Training options (importable without Numba, so the CLI starts fast), the run name they imply, and
+the learning-rate schedule."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from ..errors import QliteError
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    k: int = 200  # index hits per query
-    budget: int = 0  # candidate rows per step (0: batch_size * k)
-    tau: float = 0.04  # softmax temperature
-    lr: float = 1e-3  # passage embeddings
+    # what learns: the query head, the index's codebooks and coarse centroids (shared by every passage),
+    # and optionally the passage rows themselves (the paper's method)
+    train_head: bool = True
+    train_codebooks: bool = True
+    train_coarse: bool = True
+    train_rows: bool = False
+    # the losses: distillation from flat search (every query) and cross-entropy on labelled positives
+    distill: float = 1.0
+    supervised: float = 0.0
+    tau: float = 0.05  # student (quantized) softmax temperature
+    tau_teacher: float = 0.05
+    tau_supervised: float = 0.05
+    pseudo_queries: int = 4096  # passages used as queries (0: none)
+    # candidates of a step: each query's index hits and the teacher's best passages, shared by the batch
+    batch_size: int = 64
+    k: int = 100
+    teacher_k: int = 50
+    budget: int = 0  # cap on candidates per step (0: no cap)
+    nprobe: int = 16
+    # optimisation
+    lr: float = 3e-4  # codebooks and coarse centroids (Adam)
     head_lr: float = 3e-4
-    epochs: int = 30  # an epoch visits every training query once, with one of its positives
+    rows_lr: float = 0.01  # passage rows (SGD)
+    rows_radius: float = 0.1  # how far (L2) a row may move from the encoder's embedding
+    epochs: float = 20.0  # an epoch visits every pool query once
     steps: int = 0  # overrides epochs when > 0
     warmup: float = 0.1  # fraction of the steps
-    clip: float = 1.0  # max gradient norm: of the head, and of each passage row
-    nprobe: int = 16
-    refresh_every: int = 10
-    retrain_every: int = 0  # retrain the index codebooks every N steps (0: never)
-    score_quantized: bool = False  # straight-through: score the PQ reconstruction, update the float rows
-    final_retrain: bool = False  # retrain the index on the kept embeddings at the end (else re-encode only)
-    eval_every: int = 50
-    patience: int = 5  # evaluations without a better dev score before stopping
-    checkpoint_every: int = 100
-    dev_fraction: float = 0.1  # held back from train when no dev qrels are given
-    train_head: bool = True
-    train_cache: bool = True
+    clip: float = 1.0  # max gradient norm of each parameter array
+    refresh_every: int = 10  # steps between re-encoding changed rows into the index (rows only)
+    # early stopping on dev, on the index
+    eval_every: float = 1.0  # epochs
+    patience: float = 5.0  # epochs without a better dev score before stopping (counted after warm-up)
+    dev_share: float = 0.15  # passages held out for dev when no --dev-qrels are given
+    checkpoint_every: int = 200  # steps
     seed: int = 0
-    overlay_rows: int = 65536  # changed rows held in memory between checkpoints
 
     def validate(self):
-        for name in ("batch_size", "k", "epochs", "nprobe", "refresh_every", "eval_every", "checkpoint_every",
-                     "overlay_rows"):
+        for name in ("batch_size", "k", "teacher_k", "nprobe", "refresh_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise QliteError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if self.tau <= 0 or self.lr < 0 or self.head_lr < 0:
-            raise QliteError("--tau must be positive and learning rates not negative")
-        if not 0 <= self.warmup < 1 or not 0 <= self.dev_fraction < 1:
-            raise QliteError("--warmup and --dev-fraction must be in [0, 1)")
-        if not (self.train_head or self.train_cache):
-            raise QliteError("nothing to train: --no-head and --freeze-cache together")
-        if self.overlay_rows < self.candidate_budget + self.batch_size:
-            raise QliteError("--overlay-rows must hold one step's candidates "
-                             f"({self.candidate_budget + self.batch_size})")
+                raise QliteError(f"{_flag(name)} must be at least 1 (got {getattr(self, name)})")
+        for name in ("tau", "tau_teacher", "tau_supervised", "epochs", "eval_every", "patience"):
+            if not getattr(self, name) > 0:
+                raise QliteError(f"{_flag(name)} must be positive (got {getattr(self, name)})")
+        for name in ("lr", "head_lr", "rows_lr", "rows_radius", "distill", "supervised", "pseudo_queries", "budget"):
+            if getattr(self, name) < 0:
+                raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
+        if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
+            raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
+        if not (self.train_head or self.train_codebooks or self.train_coarse or self.train_rows):
+            raise QliteError("nothing to train: every part is frozen")
+        if self.distill == 0 and self.supervised == 0:
+            raise QliteError("no loss: the distill and supervised weights are both 0")
+        return self
 
-    @property
-    def candidate_budget(self) -> int:
-        return self.budget or self.batch_size * self.k
+    def changed(self) -> dict:
+        """The options that differ from the defaults."""
+        default = TrainConfig()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    def run_name(self) -> str:
+        """``default`` for the defaults, else the changed options (``tau=0.1,epochs=5``), shortened with a hash."""
+        changed = self.changed()
+        if not changed:
+            return "default"
+        name = "+".join(f"{_short(k)}={_value(v)}" for k, v in sorted(changed.items()))
+        if len(name) > 60:
+            digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+            name = name[:51].rstrip("+=") + "+" + digest
+        return name
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _flag(name):
+    return f"training option {name}"
+
+
+def _short(name):
+    return name.replace("train_", "").replace("_", "-")
+
+
+def _value(v):
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def lr_factor(step, total, warmup_steps):

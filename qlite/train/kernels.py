@@ -1,10 +1,24 @@
-"""Numba kernels of one training step: truncated-softmax loss and its gradients, Adam updates, and
-row gather/scatter between the memory-mapped cache and the in-memory overlay of changed rows.
+"""Numba kernels of one training step.
 
-Scores are s[b, c] = <q_b, e_c> / tau over a shared candidate set (cross-batch negatives).  Each
-query has one target candidate; ``mask[b, c]`` removes a candidate from query b's softmax (its other
-positives: never negatives).  With p the softmax over the unmasked candidates, the loss is the mean
-of -log p[b, target_b] and dL/ds[b, c] = (p[b, c] - [c == target_b]) / B.
+A step scores B queries against a shared candidate set of C passages twice:
+
+- the **student** score ``s[b, c] = <u_b, xhat_c>``: the query through the head and the index's
+  rotation (u, [B, d]) against what the index stores for the passage (xhat = coarse centroid of its
+  list + its PQ codewords, [C, d], rotated space).  This is the score search ranks by.
+- the **float** score ``f[b, c] = <h_b, e_c>``: the query through the head (h, [B, d]) against the
+  passage's float embedding e_c (flat search with the head).
+
+Two losses over the same candidates, each a softmax per query:
+
+- distillation, ``KL(softmax(t / tau_t) || softmax(s / tau_s))`` with a fixed teacher score t (the
+  float score; no gradient flows into it), weighted per query by ``kl_weight[b]``;
+- supervised cross-entropy ``-log softmax(f / tau_sup)[target_b]`` on the labelled queries
+  (``sup_weight[b] > 0``), where ``mask[b, c]`` removes query b's *other* positives from its softmax
+  (they are never its negatives).
+
+Both are averaged over the B queries.  dL/ds and dL/df come out of one pass; the products that
+carry them back to the head, the codebooks, the coarse centroids and the rows are BLAS matrix
+products (``step_gradients``) plus the scatter kernel below.
 """
 from __future__ import annotations
 
@@ -14,107 +28,113 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(inline="always")
+def _flush(g):
+    # gradients of candidates the softmax gives ~0 would be float32 denormals, which make the BLAS
+    # products that follow ten times slower: below 1e-30 (far below anything that moves a parameter) is 0
+    return g if abs(g) >= 1e-30 else np.float32(0.0)
+
+
 @njit(parallel=True, cache=True)
-def softmax_xent(raw, target, mask, tau):
-    """(losses [B], dL/draw [B, C]) for raw scores q.e: the loss is the mean over the batch."""
-    B, C = raw.shape
-    losses = np.empty(B)
-    g = np.empty((B, C), np.float32)
-    inv_tau = 1.0 / tau
+def softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup):
+    """Per-query losses and score gradients.
+
+    s, f, t: float32 [B, C] student, float and teacher scores (raw inner products).
+    mask: bool [B, C], True where a candidate is another positive of the query (supervised loss only).
+    target: int64 [B], the candidate each query is trained towards (ignored where sup_weight is 0).
+    kl_weight, sup_weight: float64 [B].
+    Returns (kl [B] float64, sup [B] float64, g_s [B, C] float32 = dL/ds, g_f [B, C] float32 = dL/df),
+    with L = sum_b (kl_weight[b] kl[b] + sup_weight[b] sup[b]) / B.
+    """
+    B, C = s.shape
+    kl = np.zeros(B)
+    sup = np.zeros(B)
+    g_s = np.zeros((B, C), np.float32)
+    g_f = np.zeros((B, C), np.float32)
     for b in prange(B):
-        s = np.empty(C)
-        mx = -np.inf
-        for c in range(C):
-            if mask[b, c] and c != target[b]:
-                s[c] = -np.inf
-            else:
-                s[c] = raw[b, c] * inv_tau
-                mx = max(mx, s[c])
-        z = 0.0
-        for c in range(C):
-            if s[c] != -np.inf:
-                z += math.exp(s[c] - mx)
-        logz = mx + math.log(z)
-        losses[b] = logz - s[target[b]]
-        for c in range(C):
-            p = 0.0 if s[c] == -np.inf else math.exp(s[c] - logz)
-            g[b, c] = (p - (1.0 if c == target[b] else 0.0)) * inv_tau / B
-    return losses, g
+        if kl_weight[b] != 0.0:
+            # teacher p and student log q over every candidate
+            mt = -np.inf
+            ms = -np.inf
+            for c in range(C):
+                mt = max(mt, t[b, c] / tau_t)
+                ms = max(ms, s[b, c] / tau_s)
+            zt = 0.0
+            zs = 0.0
+            for c in range(C):
+                zt += math.exp(t[b, c] / tau_t - mt)
+                zs += math.exp(s[b, c] / tau_s - ms)
+            lzt = mt + math.log(zt)
+            lzs = ms + math.log(zs)
+            acc = 0.0
+            scale = kl_weight[b] / (B * tau_s)
+            for c in range(C):
+                lp = t[b, c] / tau_t - lzt
+                lq = s[b, c] / tau_s - lzs
+                p = math.exp(lp)
+                acc += p * (lp - lq)
+                g_s[b, c] = _flush(np.float32((math.exp(lq) - p) * scale))
+            kl[b] = acc
+        if sup_weight[b] != 0.0:
+            tgt = target[b]
+            mx = -np.inf
+            for c in range(C):
+                if c == tgt or not mask[b, c]:
+                    mx = max(mx, f[b, c] / tau_sup)
+            z = 0.0
+            for c in range(C):
+                if c == tgt or not mask[b, c]:
+                    z += math.exp(f[b, c] / tau_sup - mx)
+            logz = mx + math.log(z)
+            sup[b] = logz - f[b, tgt] / tau_sup
+            scale = sup_weight[b] / (B * tau_sup)
+            for c in range(C):
+                if c == tgt or not mask[b, c]:
+                    p = math.exp(f[b, c] / tau_sup - logz)
+                    g_f[b, c] = _flush(np.float32((p - (1.0 if c == tgt else 0.0)) * scale))
+    return kl, sup, g_s, g_f
 
 
-def loss_and_grads(q, cand, target, mask, tau):
-    """(mean loss, grad_q [B, d], grad_cand [C, d]) of the truncated softmax cross-entropy.
+@njit(parallel=True, cache=True)
+def reconstruct(lists, codes, coarse, codebooks):
+    """What the index stores for each candidate, in the rotated space: [C, d] float32 =
+    coarse[lists[c]] + concat_m codebooks[m, codes[c, m]].  lists int [C], codes uint8 [C, M]."""
+    C, M = codes.shape
+    dsub = codebooks.shape[2]
+    out = np.empty((C, M * dsub), np.float32)
+    for c in prange(C):
+        base = coarse[lists[c]]
+        for m in range(M):
+            cw = codebooks[m, codes[c, m]]
+            for j in range(dsub):
+                out[c, m * dsub + j] = base[m * dsub + j] + cw[j]
+    return out
 
-    The three products are dense [B, d] x [d, C] matrix products: BLAS does them (several times
-    faster than a hand loop); the kernel above does the masked softmax in between.
+
+@njit(parallel=True, cache=True)
+def scatter_adc_grads(grad_x, lists, codes, grad_coarse, grad_codebooks):
+    """Accumulate dL/dxhat [C, d] into the parameters it came from (in place):
+    grad_coarse[lists[c]] += grad_x[c] and grad_codebooks[m, codes[c, m]] += grad_x[c, sub-space m].
+
+    Parallel over sub-spaces: sub-space m owns its codebook and its slice of the coarse gradient, so no
+    two threads ever add into the same number and the sums keep one order (deterministic).
     """
-    raw = q @ cand.T
-    losses, g = softmax_xent(raw, target, mask, tau)
-    return float(losses.mean()), g @ cand, g.T @ q
-
-
-@njit(parallel=True, cache=True)
-def clip_rows(grads, max_norm):
-    """Scale each row of ``grads`` to L2 norm at most ``max_norm`` (in place)."""
-    for r in prange(grads.shape[0]):
-        sq = 0.0
-        for j in range(grads.shape[1]):
-            sq += grads[r, j] * grads[r, j]
-        norm = math.sqrt(sq)
-        if norm > max_norm:
-            scale = max_norm / norm
-            for j in range(grads.shape[1]):
-                grads[r, j] *= scale
-
-
-@njit(parallel=True, cache=True)
-def gather_rows(rows, slot_of_row, base_e, base_m, base_v, base_s, over_e, over_m, over_v, over_s):
-    """Current (embedding, Adam m, v, step) of ``rows``: from the in-memory overlay of rows changed
-    since the last checkpoint when present, else from the memory-mapped cache."""
-    R, d = rows.shape[0], base_e.shape[1]
-    e = np.empty((R, d), np.float32)
-    m = np.empty((R, d), np.float32)
-    v = np.empty((R, d), np.float32)
-    s = np.empty(R, np.int64)
-    for i in prange(R):
-        r = rows[i]
-        slot = slot_of_row[r]
-        if slot >= 0:
-            e[i], m[i], v[i], s[i] = over_e[slot], over_m[slot], over_v[slot], over_s[slot]
-        else:
-            e[i], m[i], v[i], s[i] = base_e[r], base_m[r], base_v[r], base_s[r]
-    return e, m, v, s
-
-
-@njit(parallel=True, cache=True)
-def scatter_rows(slots, e, m, v, s, over_e, over_m, over_v, over_s):
-    for i in prange(slots.shape[0]):
-        j = slots[i]
-        over_e[j], over_m[j], over_v[j], over_s[j] = e[i], m[i], v[i], s[i]
-
-
-@njit(parallel=True, cache=True)
-def adam_rows(params, grads, m, v, steps, lr, beta1, beta2, eps):
-    """Row-sparse (lazy) Adam: each row keeps its own step count, so bias correction follows the row.
-
-    All arrays are the gathered rows being updated ([R, d], steps [R]); updated in place.
-    """
-    R, d = params.shape
-    for r in prange(R):
-        t = steps[r] + 1
-        steps[r] = t
-        c1 = 1.0 - beta1 ** t
-        c2 = 1.0 - beta2 ** t
-        for j in range(d):
-            gj = grads[r, j]
-            m[r, j] = beta1 * m[r, j] + (1.0 - beta1) * gj
-            v[r, j] = beta2 * v[r, j] + (1.0 - beta2) * gj * gj
-            params[r, j] -= lr * (m[r, j] / c1) / (math.sqrt(v[r, j] / c2) + eps)
+    C, M = codes.shape
+    dsub = grad_codebooks.shape[2]
+    for m in prange(M):
+        lo = m * dsub
+        for c in range(C):
+            code = codes[c, m]
+            lst = lists[c]
+            for j in range(dsub):
+                g = grad_x[c, lo + j]
+                grad_codebooks[m, code, j] += g
+                grad_coarse[lst, lo + j] += g
 
 
 @njit(cache=True)
 def adam_dense(params, grads, m, v, step, lr, beta1, beta2, eps):
-    """Textbook Adam on a flat parameter array (the query head), ``step`` counted from 1."""
+    """Textbook Adam on a parameter array of any shape (updated in place), ``step`` counted from 1."""
     c1 = 1.0 - beta1 ** step
     c2 = 1.0 - beta2 ** step
     flat_p, flat_g, flat_m, flat_v = params.ravel(), grads.ravel(), m.ravel(), v.ravel()
@@ -123,3 +143,59 @@ def adam_dense(params, grads, m, v, step, lr, beta1, beta2, eps):
         flat_m[j] = beta1 * flat_m[j] + (1.0 - beta1) * gj
         flat_v[j] = beta2 * flat_v[j] + (1.0 - beta2) * gj * gj
         flat_p[j] -= lr * (flat_m[j] / c1) / (math.sqrt(flat_v[j] / c2) + eps)
+
+
+@njit(parallel=True, cache=True)
+def sgd_rows_in_radius(rows, grads, origin, lr, radius):
+    """Plain SGD on passage rows, each kept within ``radius`` (L2) of its encoder embedding.
+
+    rows, grads, origin: float32 [R, d] (rows updated in place).  The step is proportional to the
+    gradient, so a candidate the softmax barely weighs barely moves (unlike per-row Adam, whose first
+    step is lr * sign(g) whatever the gradient's size); the radius is a trust region around what the
+    encoder said about the passage.
+    """
+    R, d = rows.shape
+    for r in prange(R):
+        sq = 0.0
+        for j in range(d):
+            rows[r, j] -= lr * grads[r, j]
+            diff = rows[r, j] - origin[r, j]
+            sq += diff * diff
+        norm = math.sqrt(sq)
+        if norm > radius:
+            scale = radius / norm
+            for j in range(d):
+                rows[r, j] = origin[r, j] + (rows[r, j] - origin[r, j]) * scale
+
+
+def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_weight, sup_weight,
+                   tau_s, tau_t, tau_sup, teacher_head=True):
+    """Loss and gradients of one step over a shared candidate set.
+
+    q [B, d] float32: the encoder's query embeddings.  head [d + 1, d]: h = [q, 1] @ head.
+    rotation [d, d] or None: u = h @ rotation is what the index scores.  rows [C, d]: the candidates'
+    float embeddings; lists [C], codes [C, M]: where the index stores them; coarse [nlist, d] and
+    codebooks [M, ksub, dsub]: the index's learned parameters (rotated space).  The teacher is the float
+    score with the current head (``teacher_head``) or without any head (the untrained flat search).
+
+    Returns (kl, sup, grads) with kl and sup the mean losses and grads a dict of float32 arrays:
+    ``head`` [d + 1, d], ``coarse`` [nlist, d] and ``codebooks`` (zero where no candidate used them),
+    and ``rows`` [C, d] (dL/d rows, from the supervised loss).
+    """
+    q1 = np.hstack([q, np.ones((len(q), 1), np.float32)])
+    h = (q1 @ head).astype(np.float32)
+    u = h @ rotation if rotation is not None else h
+    xhat = reconstruct(lists, codes, coarse, codebooks)
+    s = u @ xhat.T
+    f = h @ rows.T
+    t = f if teacher_head else q @ rows.T
+    kl, sup, g_s, g_f = softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup)
+    grad_u = g_s @ xhat
+    grad_h = (grad_u @ rotation.T if rotation is not None else grad_u) + g_f @ rows
+    grad_coarse = np.zeros_like(coarse)
+    grad_codebooks = np.zeros_like(codebooks)
+    scatter_adc_grads(np.ascontiguousarray(g_s.T @ u), lists, codes, grad_coarse, grad_codebooks)
+    grads = {"head": (q1.T @ grad_h).astype(np.float32), "coarse": grad_coarse, "codebooks": grad_codebooks,
+             "rows": (g_f.T @ h).astype(np.float32)}
+    B = len(q)
+    return float((kl_weight * kl).sum() / B), float((sup_weight * sup).sum() / B), grads

@@ -1,75 +1,182 @@
-"""Passage rows under training: the memory-mapped cache plus an in-memory overlay of changed rows.
+"""Passage rows under training (the paper's method, ``train_rows``): kept beside the cache, never in it.
 
-Changed rows (embedding, Adam m, v, step) stay in the overlay until the next checkpoint, which
-first makes them durable in the checkpoint's journal and only then writes them into the cache.
-So the cache on disk always equals the last checkpoint (or is being brought to it by a journal
-that a rerun applies again): a ``kill -9`` never leaves half a step behind.
+A run that trains rows keeps them in two raw float32 files in its directory, ``rows.f32`` (current)
+and ``best.f32`` (as at the best dev step), each [N, d] but sparse on disk: only changed rows are
+written, and a row that was never changed is read from the cache.  Rows changed since the last
+checkpoint wait in an in-memory overlay; a checkpoint first makes them durable in the state file's
+journal and only then writes them into ``rows.f32``, so a ``kill -9`` at any moment leaves either the
+rows or the journal that a rerun applies again.  The index codes of changed rows are saved with the
+state too, so a resumed run searches exactly the index an uninterrupted one would.
+
+With rows frozen (the default) the class is a thin reader of the cache.
 """
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
+from numba import njit, prange
 
-from ..cache import Cache
-from .kernels import gather_rows, scatter_rows
+from ..atomic import fsync_path
+from .kernels import sgd_rows_in_radius
+
+OVERLAY_ROWS = 65536  # changed rows held in memory between checkpoints (a checkpoint is forced when full)
 
 
-class RowState:
-    def __init__(self, cache: Cache, capacity: int):
-        self.cache = cache
-        self.embeddings = cache.embeddings
-        self.m, self.v, self.steps = cache.array("adam_m"), cache.array("adam_v"), cache.array("adam_steps")
+@njit(parallel=True, cache=True)
+def gather_rows(rows, slot_of_row, changed, overlay, trained, base):
+    """Current vectors of ``rows`` [R] (sorted): from the overlay, else the run's rows file if changed, else
+    the cache.  Returns float32 [R, d]."""
+    out = np.empty((rows.shape[0], base.shape[1]), np.float32)
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        slot = slot_of_row[r]
+        if slot >= 0:
+            out[i] = overlay[slot]
+        elif changed[r]:
+            out[i] = trained[r]
+        else:
+            out[i] = base[r]
+    return out
+
+
+def _sparse_file(path: Path, shape) -> np.memmap:
+    """A float32 [N, d] memmap; created sparse (no disk blocks until written)."""
+    if not path.is_file():
+        with open(path, "wb") as f:
+            f.truncate(int(np.prod(shape)) * 4)
+    return np.memmap(path, np.float32, "r+", shape=shape)
+
+
+class Rows:
+    def __init__(self, cache, workdir: Path, state, train: bool):
+        self.cache, self.dir, self.state, self.train = cache, Path(workdir), state, train
+        self.base = cache.embeddings
+        if not train:
+            return
         n, d = cache.count, cache.dim
-        self.capacity = int(min(capacity, n))
+        for name in ("rows_changed", "rows_stale", "rows_since_best", "rows_at_best", "rows_coded"):
+            if getattr(state, name) is None:
+                setattr(state, name, np.zeros(n, bool))
+        self.trained = _sparse_file(self.dir / "rows.f32", (n, d))
+        self.best = _sparse_file(self.dir / "best.f32", (n, d))
         self.slot_of_row = np.full(n, -1, np.int64)
-        self.rows = np.empty(self.capacity, np.int64)  # overlay slot -> cache row
+        self.overlay_rows = np.empty(OVERLAY_ROWS, np.int64)
+        self.overlay = np.empty((OVERLAY_ROWS, d), np.float32)  # pages are touched only as slots fill
         self.size = 0
-        # np.empty: pages are only touched (and counted in RSS) as slots fill
-        self.over_e = np.empty((self.capacity, d), np.float32)
-        self.over_m = np.empty((self.capacity, d), np.float32)
-        self.over_v = np.empty((self.capacity, d), np.float32)
-        self.over_s = np.empty(self.capacity, np.int64)
+        self._sync = None
 
-    def gather(self, rows):
-        """(embeddings, m, v, steps) of ``rows``, newest values."""
-        return gather_rows(np.asarray(rows, np.int64), self.slot_of_row, self.embeddings, self.m, self.v,
-                           self.steps, self.over_e, self.over_m, self.over_v, self.over_s)
+    # -- reading and stepping -----------------------------------------------------------------
+    def gather(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if not self.train:
+            return np.asarray(self.base[rows], np.float32)
+        return gather_rows(rows, self.slot_of_row, self.state.rows_changed, self.overlay, self.trained, self.base)
 
     def room_for(self, n_rows) -> bool:
-        """Can ``n_rows`` more rows be scattered without a checkpoint first?"""
-        return self.capacity == len(self.slot_of_row) or self.size + n_rows <= self.capacity
+        return self.size + n_rows <= OVERLAY_ROWS
 
-    def scatter(self, rows, e, m, v, s):
-        rows = np.asarray(rows, np.int64)
+    def step(self, rows, vectors, grads, lr, radius):
+        """SGD within the trust radius on the gathered ``vectors`` of ``rows``, then into the overlay (the
+        caller checkpoints first when it might not have room: see ``room_for``)."""
+        origin = np.asarray(self.base[rows], np.float32)
+        sgd_rows_in_radius(vectors, grads, origin, lr, radius)
         slots = self.slot_of_row[rows]
         new = slots < 0
-        n_new = int(new.sum())
-        if self.size + n_new > self.capacity:
-            raise RuntimeError("row overlay full: checkpoint before scattering")
-        fresh = np.arange(self.size, self.size + n_new)
+        fresh = np.arange(self.size, self.size + int(new.sum()))
         self.slot_of_row[rows[new]] = fresh
-        self.rows[fresh] = rows[new]
+        self.overlay_rows[fresh] = rows[new]
         slots[new] = fresh
-        self.size += n_new
-        scatter_rows(slots, e, m, v, s, self.over_e, self.over_m, self.over_v, self.over_s)
+        self.size += len(fresh)
+        self.overlay[slots] = vectors
+        st = self.state
+        st.rows_changed[rows] = st.rows_stale[rows] = st.rows_since_best[rows] = True
 
-    def journal(self):
-        """(rows, e, m, v, steps) of the overlay, sorted by row."""
-        order = np.argsort(self.rows[:self.size])
-        return (self.rows[:self.size][order], self.over_e[order], self.over_m[order], self.over_v[order],
-                self.over_s[order])
-
-    def apply(self, rows, e, m, v, s, flush=True):
-        """Write journal rows into the cache (idempotent: a rerun may apply it again); ``flush=False``
-        leaves syncing them to the caller."""
+    def refresh(self, index):
+        """Re-encode the rows changed since the index last saw them (with the current codebooks)."""
+        if not self.train:
+            return
+        rows = np.flatnonzero(self.state.rows_stale)
         if len(rows):
-            self.embeddings[rows] = e
-            self.m[rows] = m
-            self.v[rows] = v
-            self.steps[rows] = s
-        if flush:
-            for arr in (self.embeddings, self.m, self.v, self.steps):
-                arr.flush()
+            index.update(rows, self.gather(rows))
+            self.state.rows_stale[:] = False
+            self.state.rows_coded[rows] = True
 
-    def clear(self):
-        self.slot_of_row[self.rows[:self.size]] = -1
+    # -- best state ---------------------------------------------------------------------------
+    def keep_best(self):
+        """Copy the rows changed since the last best into ``best.f32`` (a rerun repeats the same copy)."""
+        if not self.train:
+            return
+        st = self.state
+        rows = np.flatnonzero(st.rows_since_best)
+        for s in range(0, len(rows), OVERLAY_ROWS):
+            part = rows[s:s + OVERLAY_ROWS]
+            self.best[part] = self.gather(part)
+        self.best.flush()
+        st.rows_since_best[:] = False
+        st.rows_at_best = st.rows_changed.copy()
+
+    def restore_best(self, index):
+        """Make the rows and the index those of the best dev step (rows changed later go back to the cache's)."""
+        if not self.train:
+            return
+        st = self.state
+        rows = np.flatnonzero(st.rows_changed)
+        if len(rows) == 0:
+            return
+        vectors = np.where(st.rows_at_best[rows, None], self.best[rows], self.base[rows]).astype(np.float32)
+        index.update(rows, vectors)
+        self._result = (rows[st.rows_at_best[rows]], vectors[st.rows_at_best[rows]])
+
+    def result(self):
+        """(ids, vectors) of the rows a finished run changed, or None."""
+        return getattr(self, "_result", None) if self.train else None
+
+    # -- durability ---------------------------------------------------------------------------
+    def checkpoint(self, save, index):
+        """``save(before_replace)`` writes the state; the journal and index codes go with it."""
+        if not self.train:
+            save(None)
+            return
+        st = self.state
+        order = np.argsort(self.overlay_rows[:self.size])
+        st.journal_rows = self.overlay_rows[:self.size][order]
+        st.journal_vectors = self.overlay[:self.size][order]
+        coded = np.flatnonzero(st.rows_coded)
+        st.coded_lists, st.coded_codes = index.row_list[coded], index.codes_of(coded)
+        self.best.flush()
+        fsync_path(self.dir / "best.f32")
+        save(self.wait_for_sync)  # the previous journal's rows must be on disk before it is replaced
+        self._apply(st.journal_rows, st.journal_vectors)
+        self._sync = threading.Thread(target=fsync_path, args=(self.dir / "rows.f32",), daemon=True)
+        self._sync.start()
+        self.slot_of_row[self.overlay_rows[:self.size]] = -1
         self.size = 0
+
+    def _apply(self, rows, vectors):
+        if len(rows):
+            self.trained[rows] = vectors
+        self.trained.flush()
+
+    def wait_for_sync(self):
+        if self._sync is not None:
+            self._sync.join()
+            self._sync = None
+
+    def resume(self, index):
+        """After a crash: apply the checkpoint's journal again and give the index the saved codes."""
+        if not self.train:
+            return
+        st = self.state
+        if st.journal_rows is not None:
+            self._apply(st.journal_rows, st.journal_vectors)
+            fsync_path(self.dir / "rows.f32")
+        coded = np.flatnonzero(st.rows_coded)
+        if len(coded):
+            index.assign(coded, st.coded_lists, st.coded_codes)
+
+    def close(self):
+        if self.train:
+            self.wait_for_sync()
+            self.trained = self.best = None

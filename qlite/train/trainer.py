@@ -1,48 +1,59 @@
-"""``qlite train``: optimise the cached passage embeddings and a query head against the quantized index.
+"""``qlite train``: teach the quantized index to rank like flat search, and like the labels where there
+are any, without touching the cache.
 
-One step: B queries go through the head (q' = [q, 1] P), the IVF-PQ index returns each one's top-k,
-the union over the batch (plus positives the index missed) is the candidate set, a truncated
-softmax over it gives the loss, and Adam updates the head (dense) and every candidate row
-(row-sparse, with a step count per passage).  Every ``refresh_every`` steps the index re-encodes the
-rows changed since the last refresh; every ``eval_every`` steps the dev queries are searched on the
-index and the best state is kept.  See :mod:`qlite.train.checkpoint` for what makes it resumable.
+One step draws B queries from the pool (:mod:`qlite.train.data`), sends them through the query head,
+and asks the index for each one's top-k.  Those hits, the teacher's best passages and the labelled
+positives form the candidate set every query of the batch is scored against (:mod:`.candidates`).
+The student score is what search ranks by, the ADC score of the head's query against the index's
+coarse centroid + codewords of each candidate; the teacher is flat search over the float cache.  The
+losses (:mod:`.kernels`): distillation from the teacher for every query, and optionally cross-entropy
+on labelled positives (with flat search through the head as teacher).  Adam updates the head and the
+index's codebooks and coarse centroids, which every passage shares, so what is learned reaches
+passages that no training query points to.  The codes stay as the index encoded them; optionally the
+passage rows train too (the paper's method, :mod:`.rows`).
+
+Every ``eval_every`` epochs the dev queries are searched on the index; the best state is kept, and
+training stops ``patience`` epochs after the last improvement (never counting warm-up).  The result
+is a run (:mod:`qlite.runs`): the cache and the base index are never modified.
 """
 from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-import click
 import numpy as np
 
-from ..cache import Cache, add_training_datasets, fsync_path
+from ..cache import Cache
 from ..errors import QliteError
-from ..evaluate import encode_queries, query_encoder, rows_to_run
-from ..index.store import default_index_path, save_index
-from ..indexing import build_index, cache_identity, open_index
 from ..metrics import evaluate_run
-from ..progress import progress
+from ..progress import SILENT, Progress
+from ..runs import check_name, read_meta, run_dir, write_run
 from ..threads import set_threads
 from .candidates import build_candidates
-from .checkpoint import checkpoint_path, log_path, read_checkpoint, write_checkpoint
 from .config import TrainConfig, lr_factor
-from .data import input_fingerprint, load_training_queries
-from .kernels import adam_dense, adam_rows, clip_rows, loss_and_grads
-from .rows import RowState
+from .kernels import adam_dense, step_gradients
+from .pool import Pool, build_pool, input_fingerprint, load_pool
+from .rows import Rows
+from .state import PARAMS, TrainState
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
-DEV_METRIC = "ndcg@10"
+LOG_EVERY = 10
+LEFTOVERS = ("state.h5", "pool.h5", "rows.f32", "best.f32")  # a finished run needs only run.h5 and its log
 
 
 @dataclass
 class TrainResult:
-    cache: Path
+    run: str
+    path: Path
     steps: int
     best_step: int
+    epochs: float
+    dev_metric: str | None
+    dev_split: str
     dev_start: float | None
     dev_best: float | None
     seconds: float
@@ -52,357 +63,294 @@ class TrainResult:
 
     def summary(self) -> str:
         if self.already_done:
-            return (f"{self.cache}: already trained ({self.steps} steps, kept step {self.best_step}); "
-                    "delete its .train.h5 checkpoint and start from an untrained cache to train again")
-        dev = (f"dev {DEV_METRIC} on the index {self.dev_start:.4f} -> {self.dev_best:.4f} "
-               f"(kept step {self.best_step}); "
-               if self.dev_best is not None else "no dev queries: kept the last step; ")
+            return (f"run {self.run!r} is already trained ({self.steps} steps, kept step {self.best_step}): "
+                    f"{self.path}")
+        dev = (f"dev {self.dev_metric} on the index {self.dev_start:.4f} -> {self.dev_best:.4f} "
+               f"(kept step {self.best_step}, {self.dev_split}); " if self.dev_best is not None else
+               "no dev queries: kept the last step; ")
         resumed = f", resumed at step {self.resumed_from}" if self.resumed_from else ""
-        rate = self.steps / max(self.seconds, 1e-9)
-        return (f"trained {self.steps} steps in {self.seconds:.1f} s ({rate:.1f} steps/s"
-                f"{resumed}); {dev}head and embeddings in {self.cache}, index in {default_index_path(self.cache)}")
+        rate = (self.steps - self.resumed_from) / max(self.seconds, 1e-9)
+        return (f"trained run {self.run!r}: {self.steps} steps ({self.epochs:.1f} epochs) in {self.seconds:.1f} s "
+                f"({rate:.1f} steps/s{resumed}); {dev}{self.path}")
 
 
 class Trainer:
-    def __init__(self, cache: Cache, cfg: TrainConfig, train, dev, fingerprint, quiet=False, echo=click.echo):
-        self.cache, self.cfg, self.train_set, self.dev_set = cache, cfg, train, dev
-        self.fingerprint, self.quiet, self.echo = fingerprint, quiet, echo
-        self.ckpt = checkpoint_path(cache.path)
-        self.rows = RowState(cache, cfg.overlay_rows)
-        n, d = cache.count, cache.dim
-        self.stale = np.zeros(n, bool)  # changed since the index last encoded them
-        self.changed = np.zeros(n, bool)  # changed since the best dev state was snapshotted
-        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        self.total = cfg.steps or cfg.epochs * self.steps_per_epoch
+    def __init__(self, cache: Cache, cfg: TrainConfig, workdir: Path, pool: Pool, index, state: TrainState,
+                 meta: dict, progress: Progress = SILENT):
+        self.cache, self.cfg, self.dir, self.pool, self.index = cache, cfg, workdir, pool, index
+        self.state, self.meta, self.progress = state, meta, progress
+        self.steps_per_epoch = max(1, math.ceil(len(pool) / cfg.batch_size))
+        self.total = cfg.steps or max(1, round(cfg.epochs * self.steps_per_epoch))
         self.warmup_steps = int(cfg.warmup * self.total)
-        self.step = self.head_step = self.best_step = self.bad_evals = 0
-        self.best_score = self.start_score = None
-        self.phase, self.best_copy_pending = "training", False
-        self.head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])  # [W; b]
-        self.head_m, self.head_v = np.zeros_like(self.head), np.zeros_like(self.head)
-        self.best_head = self.head.copy()
-        self.timings = {k: 0.0 for k in ("search", "candidates", "gather", "loss+grads", "adam", "write-back",
-                                         "refresh", "eval", "checkpoint")}
-        self.index = self.train_q = self.dev_q = None
-        self.window = []  # losses since the last log line
-        self._sync = None  # background fsync of the rows the last checkpoint wrote into the cache
-        self.checkpointed_at = -1
-        self._order = (-1, None)  # (epoch, its permutation of the training queries)
+        self.eval_steps = max(1, round(cfg.eval_every * self.steps_per_epoch))
+        self.patience_steps = max(1, round(cfg.patience * self.steps_per_epoch))
+        self.rows = Rows(cache, workdir, state, cfg.train_rows)
+        self.max_candidates = cfg.budget or cfg.batch_size * (cfg.k + cfg.teacher_k + 1)
+        self.window = []
+        self._order = (-1, None)
+        self._bind()
+        for key in ("search", "candidates", "gather", "loss+grads", "adam", "rows", "eval", "checkpoint"):
+            state.timings.setdefault(key, 0.0)
 
-    # -- start / resume ------------------------------------------------------------------------
-    def start(self, threads):
-        encoder = query_encoder(self.cache, threads)
-        _, self.train_q = encode_queries(encoder, dict(zip(self.train_set.qids, self.train_set.texts)))
-        if self.dev_set is not None:
-            _, self.dev_q = encode_queries(encoder, dict(zip(self.dev_set.qids, self.dev_set.texts)))
-        self.index = open_index(self.cache, required=False)
-        if self.index is None:
-            self.echo(f"no index yet: building one with the defaults ({default_index_path(self.cache.path)})", err=True)
-            build_index(self.cache.path, threads=threads, quiet=self.quiet)
-            self.index = open_index(self.cache)
-        if self.dev_set is not None:
-            self.best_score = self.start_score = self.evaluate()
-            self._log({"step": 0, f"dev_{DEV_METRIC}": self.best_score, "best": True})
-        self.checkpoint()
+    def _bind(self):
+        """The index searches with the parameters being learned (the same arrays, updated in place)."""
+        self.index.coarse = self.state.coarse
+        self.index.pq.codebooks = self.state.codebooks
 
-    def resume(self):
-        meta, arrays, flags, self.index = read_checkpoint(self.ckpt, self.cache.count)
-        if meta["fingerprint"] != self.fingerprint:
-            raise QliteError(f"{self.ckpt} belongs to a run with other settings or inputs "
-                             f"({_diff(meta['fingerprint'], self.fingerprint)}); rerun with the same options, or "
-                             "start from an untrained copy of the cache")
-        for k in ("step", "head_step", "best_step", "bad_evals", "best_score", "start_score", "phase",
-                  "best_copy_pending", "timings"):
-            setattr(self, k, meta[k])
-        self.head, self.head_m, self.head_v, self.best_head = (arrays[k] for k in
-                                                               ("head", "head_m", "head_v", "best_head"))
-        self.train_q, self.dev_q = arrays["train_q"], arrays.get("dev_q")
-        self.stale, self.changed = flags["stale"], flags["changed"]
-        # the journal may not have reached the cache before the crash: apply it (again)
-        self._apply(*(arrays[k] for k in ("journal_rows", "journal_e", "journal_m", "journal_v", "journal_s")))
-        if self.best_copy_pending:
-            self.snapshot_best()
-        _truncate_log(log_path(self.cache.path), self.step)
-        return self.step
-
-    # -- one step ------------------------------------------------------------------------------
+    # -- batches ------------------------------------------------------------------------------
     def batch(self, step):
-        """(query indices, positive rows) of ``step`` (from 1): a function of (seed, epoch, step) only."""
-        cfg, n = self.cfg, len(self.train_set)
+        """(pool indices, positive rows or -1) of ``step`` (from 1): a function of (seed, epoch, step) only."""
+        cfg, pool = self.cfg, self.pool
         epoch, i = divmod(step - 1, self.steps_per_epoch)
         if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([cfg.seed, epoch]).permutation(n))
-        order = self._order[1]
-        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            self._order = (epoch, np.random.default_rng([cfg.seed, epoch]).permutation(len(pool)))
+        idx = self._order[1][i * cfg.batch_size:(i + 1) * cfg.batch_size]
         pick = np.random.default_rng([cfg.seed, epoch, i, 1])
-        ptr = self.train_set.pos_ptr
-        pos = np.array([self.train_set.positives(j)[pick.integers(ptr[j + 1] - ptr[j])] for j in idx], np.int64)
+        pos = np.full(len(idx), -1, np.int64)
+        for b, j in enumerate(idx):
+            mine = pool.positives(j)
+            if len(mine):
+                pos[b] = mine[pick.integers(len(mine))]
         return idx, pos
 
-    def apply_head(self, q):
-        return q @ self.head[:-1] + self.head[-1]
+    def apply_head(self, q, head=None):
+        head = self.state.head if head is None else head
+        return (q @ head[:-1] + head[-1]).astype(np.float32)
 
+    # -- one step -----------------------------------------------------------------------------
     def train_step(self):
-        cfg, t = self.cfg, self.timings
-        if not self.rows.room_for(cfg.candidate_budget + cfg.batch_size):
+        cfg, st, t = self.cfg, self.state, self.state.timings
+        if cfg.train_rows and not self.rows.room_for(self.max_candidates):
             self.checkpoint()
-        self.step += 1
-        factor = lr_factor(self.step, self.total, self.warmup_steps)
-        idx, pos = self.batch(self.step)
-        q = self.train_q[idx]
-        qh = self.apply_head(q).astype(np.float32)
+        st.step += 1
+        factor = lr_factor(st.step, self.total, self.warmup_steps)
+        idx, pos = self.batch(st.step)
+        q = self.pool.vectors[idx]
         t0 = time.perf_counter()
-        _, hits = self.index.search(qh, cfg.k, nprobe=cfg.nprobe)
+        _, hits = self.index.search(self.apply_head(q), cfg.k, nprobe=cfg.nprobe)
         t1 = time.perf_counter()
-        cand = build_candidates(hits, pos, [self.train_set.positives(j) for j in idx], cfg.candidate_budget)
+        cand = build_candidates([hits, self.pool.teacher[idx]], pos, [self.pool.positives(j) for j in idx],
+                                cfg.budget)
         t2 = time.perf_counter()
-        e, m, v, s = self.rows.gather(cand.rows)
+        rows = self.rows.gather(cand.rows)
+        lists = np.ascontiguousarray(self.index.row_list[cand.rows])
+        codes = self.index.codes_of(cand.rows)
         t3 = time.perf_counter()
-        # straight-through (as JPQ): score against what the index stores, update the float rows
-        scored = self.index.reconstruct(e) if cfg.score_quantized else e
-        loss, grad_q, grad_e = loss_and_grads(qh, scored, cand.target, cand.mask, cfg.tau)
+        kl_w = np.full(len(idx), cfg.distill)
+        sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
+        kl, sup, grads = step_gradients(q, st.head, self.index.rotation, rows, lists, codes, st.coarse, st.codebooks,
+                                        cand.target, cand.mask, kl_w, sup_w, cfg.tau, cfg.tau_teacher,
+                                        cfg.tau_supervised, teacher_head=cfg.supervised > 0)
         t4 = time.perf_counter()
-        if cfg.train_head:
-            q1 = np.hstack([q, np.ones((len(q), 1), np.float32)])
-            grad_head = q1.T @ grad_q
-            norm = float(np.sqrt((grad_head.astype(np.float64) ** 2).sum()))
-            if norm > cfg.clip:
-                grad_head *= cfg.clip / norm
-            self.head_step += 1
-            adam_dense(self.head, grad_head, self.head_m, self.head_v, self.head_step, cfg.head_lr * factor,
-                       BETA1, BETA2, EPS)
-        if cfg.train_cache:
-            clip_rows(grad_e, cfg.clip)
-            adam_rows(e, grad_e, m, v, s, cfg.lr * factor, BETA1, BETA2, EPS)
+        st.adam_step += 1
+        for name, on, lr in (("head", cfg.train_head, cfg.head_lr), ("coarse", cfg.train_coarse, cfg.lr),
+                             ("codebooks", cfg.train_codebooks, cfg.lr)):
+            if on:
+                g = grads[name]
+                norm = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
+                if norm > cfg.clip:
+                    g *= cfg.clip / norm
+                adam_dense(getattr(st, name), g, getattr(st, name + "_m"), getattr(st, name + "_v"), st.adam_step,
+                           lr * factor, BETA1, BETA2, EPS)
         t5 = time.perf_counter()
-        if cfg.train_cache:
-            self.rows.scatter(cand.rows, e, m, v, s)
-            self.stale[cand.rows] = True
-            self.changed[cand.rows] = True
+        if cfg.train_rows:
+            self.rows.step(cand.rows, rows, grads["rows"], cfg.rows_lr * factor, cfg.rows_radius)
         t6 = time.perf_counter()
-        for key, dt in zip(("search", "candidates", "gather", "loss+grads", "adam", "write-back"),
+        for key, dt in zip(("search", "candidates", "gather", "loss+grads", "adam", "rows"),
                            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             t[key] += dt
-        self.window.append((loss, len(cand.rows), cand.inserted))
-        return loss
+        self.window.append((kl + sup, kl, sup, len(cand.rows), cand.inserted))
+        return kl + sup
 
-    # -- index, dev, best state ------------------------------------------------------------------
-    def refresh(self):
-        t0 = time.perf_counter()
-        rows = np.flatnonzero(self.stale)
-        if len(rows):
-            self.index.update(rows, self.rows.gather(rows)[0])
-            self.stale[:] = False
-        self.timings["refresh"] += time.perf_counter() - t0
-
-    def retrain(self):
-        self.checkpoint()  # the cache now holds every current row: train the codebooks on it
-        t0 = time.perf_counter()
-        self.index.retrain(self.cache.embeddings)
-        self.stale[:] = False
-        self.timings["refresh"] += time.perf_counter() - t0
-
+    # -- dev ----------------------------------------------------------------------------------
     def evaluate(self) -> float:
         t0 = time.perf_counter()
-        _, hits = self.index.search(self.apply_head(self.dev_q).astype(np.float32), 10, nprobe=self.cfg.nprobe)
-        means, _ = evaluate_run(rows_to_run(self.cache, self.dev_set.qids, hits), self.dev_set.qrels, (DEV_METRIC,))
-        self.timings["eval"] += time.perf_counter() - t0
-        return means[DEV_METRIC]
+        self.rows.refresh(self.index)
+        dev = self.pool.dev
+        _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe)
+        if dev.metric == "agreement@10":  # no labels: how much of flat search's top 10 the index finds
+            score = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / 10 for a, b in zip(hits, dev.flat_top)]))
+        else:
+            ids = self.cache.ids
+            run = {qid: [ids[r].decode("utf-8") for r in row if r >= 0] for qid, row in zip(dev.qids, hits)}
+            score = evaluate_run(run, dev.qrels, (dev.metric,))[0][dev.metric]
+        self.state.timings["eval"] += time.perf_counter() - t0
+        return score
 
     def eval_and_keep_best(self) -> bool:
         """Evaluate on the index; keep the state if it is the best so far.  True: stop early."""
-        self.refresh()
+        st = self.state
         score = self.evaluate()
-        better = score > self.best_score + 1e-6
-        self._log({"step": self.step, f"dev_{DEV_METRIC}": score, "best": better})
-        if not better:
-            self.bad_evals += 1
-            return self.bad_evals >= self.cfg.patience
-        self.best_score, self.best_step, self.bad_evals = score, self.step, 0
-        self.best_head = self.head.copy()
-        self.best_copy_pending = True
-        self.checkpoint()  # durable first; then the copy, which a rerun repeats if it is cut short
-        self.snapshot_best()
-        return False
-
-    def snapshot_best(self):
-        _copy_rows(self.cache.embeddings, self.cache.array("best_embeddings", True), np.flatnonzero(self.changed))
-        self.changed[:] = False
-        self.best_copy_pending = False
-
-    def restore_best(self):
-        _copy_rows(self.cache.array("best_embeddings", False), self.cache.embeddings, np.flatnonzero(self.changed))
-        self.head = self.best_head.copy()
-        self._write_head()
+        st.last_eval_step = st.step
+        st.history.append([st.step, score])
+        better = score > st.best_score + 1e-6
+        self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 3),
+                   f"dev_{self.pool.dev.metric}": round(score, 5), "best": better})
+        if better:
+            st.best_score, st.best_step = score, st.step
+            st.keep_best()
+            self.rows.keep_best()
+        since = st.step - max(st.best_step, self.warmup_steps)
+        return since >= self.patience_steps
 
     # -- durability ---------------------------------------------------------------------------
     def checkpoint(self):
         t0 = time.perf_counter()
-        journal = self.rows.journal()
-        meta = {"fingerprint": self.fingerprint, "step": self.step, "head_step": self.head_step,
-                "best_step": self.best_step, "bad_evals": self.bad_evals, "best_score": self.best_score,
-                "start_score": self.start_score, "phase": self.phase, "best_copy_pending": self.best_copy_pending,
-                "timings": self.timings, "total": self.total}
-        arrays = {"head": self.head, "head_m": self.head_m, "head_v": self.head_v, "best_head": self.best_head,
-                  "train_q": self.train_q, "dev_q": self.dev_q,
-                  **dict(zip(("journal_rows", "journal_e", "journal_m", "journal_v", "journal_s"), journal))}
-        # the previous checkpoint's rows must be on disk before its journal is replaced
-        write_checkpoint(self.ckpt, meta, arrays, {"stale": self.stale, "changed": self.changed}, self.index,
-                         before_replace=self.wait_for_sync)
-        self._apply(*journal, background=True)
-        self.rows.clear()
-        self.checkpointed_at = self.step
-        self.timings["checkpoint"] += time.perf_counter() - t0
-
-    def _apply(self, rows, e, m, v, s, background=False):
-        """Write a journal into the cache.  ``background``: sync it to disk in a thread while training
-        goes on (fsync releases the GIL); the next checkpoint waits for it before replacing the
-        journal, so a crash at any point still finds either the rows or the journal on disk."""
-        self.rows.apply(rows, e, m, v, s, flush=not background)
-        self._write_head(flush=not background)
-        if background:
-            self._sync = threading.Thread(target=fsync_path, args=(self.cache.path,), daemon=True)
-            self._sync.start()
-
-    def wait_for_sync(self):
-        if self._sync is not None:
-            self._sync.join()
-            self._sync = None
-
-    def _write_head(self, flush=True):
-        w, b = self.cache.array("head_weight", True), self.cache.array("head_bias", True)
-        w[:], b[:] = self.head[:-1], self.head[-1]
-        if flush:
-            w.flush()
-            b.flush()
+        self.rows.checkpoint(lambda before: self.state.save(self.dir / "state.h5", self.meta, before), self.index)
+        self.state.timings["checkpoint"] += time.perf_counter() - t0
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
-        cfg = self.cfg
-        with progress(self.total, "training", self.quiet) as bar:
-            bar.update(self.step)
-            t_last, s_last = time.perf_counter(), self.step
-            while self.phase == "training" and self.step < self.total:
+        cfg, st = self.cfg, self.state
+        with self.progress.stage("training", self.total, done=st.step) as bar:
+            t_last, s_last = time.perf_counter(), st.step
+            while st.phase == "training" and st.step < self.total:
                 loss = self.train_step()
-                stop = False
-                if self.step % cfg.refresh_every == 0:
-                    self.refresh()
-                if cfg.retrain_every and self.step % cfg.retrain_every == 0:
-                    self.retrain()
-                if self.dev_set is not None and self.step % cfg.eval_every == 0:
-                    stop = self.eval_and_keep_best()
-                if self.step % 10 == 0 or stop or self.step == self.total:
+                if cfg.train_rows and st.step % cfg.refresh_every == 0:
+                    self.rows.refresh(self.index)
+                stop = self.pool.dev is not None and st.step % self.eval_steps == 0 and self.eval_and_keep_best()
+                info = None
+                if st.step % LOG_EVERY == 0 or stop or st.step == self.total:
                     now = time.perf_counter()
-                    rate = (self.step - s_last) / max(now - t_last, 1e-9)
-                    t_last, s_last = now, self.step
+                    rate = (st.step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, st.step
                     self._log_window(rate)
-                    lr = cfg.lr * lr_factor(self.step, self.total, self.warmup_steps)
-                    bar.label = f"loss {loss:.3f} lr {lr:.1e} {rate:.1f} steps/s"
-                bar.update(1)
-                if self.step % cfg.checkpoint_every == 0 and self.checkpointed_at != self.step:
-                    self.checkpoint()
+                    info = f"loss {loss:.3f} {rate:.1f} steps/s"
+                bar.update(1, info)
                 if stop:
                     break
-            if self.phase == "training":
-                if self.dev_set is not None and self.step % cfg.eval_every != 0:
+                if st.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+            if st.phase == "training":
+                if self.pool.dev is not None and st.last_eval_step != st.step:
                     self.eval_and_keep_best()
-                self.phase = "finishing"
+                st.phase = "finishing"
                 self.checkpoint()
-        self.finish()
 
-    def finish(self):
-        """Go back to the best dev state, re-encode the whole index with it and save it for search."""
-        self.wait_for_sync()
-        if self.dev_set is not None:
-            self.restore_best()
-        t0 = time.perf_counter()
-        if self.cfg.final_retrain:
-            self.index.retrain(self.cache.embeddings)
-        else:
-            self.index.add(self.cache.embeddings)
-        save_index(self.index, default_index_path(self.cache.path), extra_attrs=cache_identity(self.cache))
-        self.stale[:] = False
-        self.timings["refresh"] += time.perf_counter() - t0
-        self.phase = "done"
-        self.checkpoint()
-        self.wait_for_sync()
+    def finish(self) -> Path:
+        """Go back to the best dev state and write the run's result file."""
+        st = self.state
+        if self.pool.dev is None:  # nothing to choose by: the last state is the result
+            st.keep_best()
+            self.rows.keep_best()
+        for p in PARAMS:
+            getattr(st, p)[...] = getattr(st, "best_" + p)
+        self.rows.restore_best(self.index)
+        meta = {**self.meta, "finished_at": _now(), "steps": st.step, "best_step": st.best_step,
+                "epochs": round(st.step / self.steps_per_epoch, 3), "dev_start": st.start_score,
+                "dev_best": st.best_score, "dev_history": st.history, "timings": st.timings}
+        path = self.dir / "run.h5"
+        write_run(path, meta, st.head, self.index, rows=self.rows.result())
+        st.phase = "done"
+        return path
 
     # -- log ----------------------------------------------------------------------------------
     def _log(self, entry):
-        with open(log_path(self.cache.path), "a") as f:
+        with open(self.dir / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     def _log_window(self, rate):
         if not self.window:
             return
-        losses, cands, inserted = map(np.array, zip(*self.window))
-        f = lr_factor(self.step, self.total, self.warmup_steps)
-        self._log({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
-                   "loss": round(float(losses.mean()), 5), "lr": self.cfg.lr * f, "head_lr": self.cfg.head_lr * f,
-                   "candidates": int(cands.mean()), "positives_inserted": round(float(inserted.mean()), 2),
-                   "steps_per_s": round(rate, 2)})
+        loss, kl, sup, cands, inserted = map(np.array, zip(*self.window))
+        f = lr_factor(self.state.step, self.total, self.warmup_steps)
+        self._log({"step": self.state.step, "epoch": round(self.state.step / self.steps_per_epoch, 3),
+                   "loss": round(float(loss.mean()), 5), "distill": round(float(kl.mean()), 5),
+                   "supervised": round(float(sup.mean()), 5), "lr": self.cfg.lr * f,
+                   "head_lr": self.cfg.head_lr * f, "candidates": int(cands.mean()),
+                   "positives_inserted": round(float(inserted.mean()), 2), "steps_per_s": round(rate, 2)})
         self.window = []
 
 
-def _copy_rows(src, dst, rows, block=65536):
-    """dst[rows] = src[rows] between memmaps, a block at a time, then flushed."""
-    for s in range(0, len(rows), block):
-        dst[rows[s:s + block]] = src[rows[s:s + block]]
-    dst.flush()
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _truncate_log(path, step):
-    """Drop log lines past the checkpoint a resumed run restarts from (it will write them again)."""
+def _truncate_log(path: Path, step: int):
+    """Drop log lines past the checkpoint a resumed run restarts from (it writes them again)."""
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _diff(old, new) -> str:
+def _diff(old: dict, new: dict) -> str:
     keys = [k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k)]
-    if old["inputs"] != new["inputs"]:
+    if old.get("inputs") != new.get("inputs"):
         keys.append("input files")
-    return "differs: " + ", ".join(sorted(keys))
+    if old.get("base_index") != new.get("base_index"):
+        keys.append("base index")
+    return ", ".join(sorted(keys)) or "nothing"
 
 
-def train(cache_path, queries_path, qrels_path, dev_qrels_path=None, config: TrainConfig | None = None,
-          threads=None, quiet=False, echo=click.echo) -> TrainResult:
-    cfg = config or TrainConfig()
-    cfg.validate()
+def train(cache_path, queries_path=None, qrels_path=None, dev_qrels_path=None, config: TrainConfig | None = None,
+          run: str | None = None, threads=None, progress: Progress = SILENT) -> TrainResult:
+    """Train a run of ``cache_path``; see the module docstring.  Rerunning the same call after a crash resumes
+    it and ends bit for bit where an uninterrupted run ends; rerunning a finished run does nothing."""
+    from ..index.build import base_index_identity, build_index, cache_identity, open_index
+
+    cfg = (config or TrainConfig()).validate()
     set_threads(threads)
-    cache_path = Path(cache_path)
-    with Cache(cache_path) as probe:
-        probe.require_complete()
-        needs_datasets = not probe.trainable
-    if needs_datasets:
-        if not quiet:
-            echo(f"adding training state to {cache_path} (one-time rewrite of the file)", err=True)
-        add_training_datasets(cache_path)
-    cache = Cache(cache_path, writable=True)
-    train_set, dev_set = load_training_queries(cache, queries_path, qrels_path, dev_qrels_path,
-                                               cfg.dev_fraction, cfg.seed)
-    fingerprint = {"config": asdict(cfg), "inputs": input_fingerprint(queries_path, qrels_path, dev_qrels_path)}
-    trainer = Trainer(cache, cfg, train_set, dev_set, fingerprint, quiet=quiet, echo=echo)
+    cache = Cache(cache_path).require_complete()
+    name = check_name(run or cfg.run_name())
+    workdir = run_dir(cache.path, name)
+    if queries_path is None and qrels_path is not None:
+        raise QliteError("qrels need the queries file they refer to")
+    index = open_index(cache, required=False)
+    if index is None:
+        progress.message(f"no index yet: building one with the defaults for {cache.path}")
+        build_index(cache.path, threads=threads, progress=progress)
+        index = open_index(cache)
+    fingerprint = {"config": cfg.as_dict(), "inputs": input_fingerprint(queries_path, qrels_path, dev_qrels_path),
+                   "cache": cache_identity(cache), "base_index": base_index_identity(cache)}
+    done = read_meta(workdir / "run.h5")
+    if done is not None:
+        if {k: done.get(k) for k in fingerprint} != fingerprint:
+            raise QliteError(f"run {name!r} of {cache.path} was trained with other settings or inputs "
+                             f"(differs: {_diff(done, fingerprint)}); choose another run name, or remove it first")
+        for leftover in LEFTOVERS:
+            (workdir / leftover).unlink(missing_ok=True)
+        return TrainResult(name, workdir / "run.h5", done["steps"], done["best_step"], done["epochs"],
+                           done.get("dev_metric"), done.get("dev_split", ""), done.get("dev_start"),
+                           done.get("dev_best"), 0.0, already_done=True)
     t0 = time.perf_counter()
     resumed = 0
-    if trainer.ckpt.is_file():
-        resumed = trainer.resume()
-        if trainer.phase == "done":
-            return TrainResult(cache_path, trainer.step, trainer.best_step, trainer.start_score, trainer.best_score,
-                               0.0, already_done=True)
-        if not quiet:
-            echo(f"resuming from the checkpoint at step {resumed} ({trainer.ckpt})", err=True)
+    if (workdir / "state.h5").is_file():
+        state, meta = TrainState.load(workdir / "state.h5")
+        if {k: meta.get(k) for k in fingerprint} != fingerprint:
+            raise QliteError(f"{workdir} holds an unfinished run with other settings or inputs "
+                             f"(differs: {_diff(meta, fingerprint)}); rerun it with the same settings, choose "
+                             "another run name, or remove it first")
+        pool = load_pool(workdir / "pool.h5")
+        resumed = state.step
+        _truncate_log(workdir / "log.jsonl", state.step)
+        progress.message(f"resuming run {name!r} at step {state.step}")
+        trainer = Trainer(cache, cfg, workdir, pool, index, state, meta, progress)
+        trainer.rows.resume(index)
     else:
-        log_path(cache_path).unlink(missing_ok=True)
-        if not quiet:
-            echo(f"training on {len(train_set):,} queries ({trainer.total} steps, dev: "
-                 f"{len(dev_set) if dev_set else 0} queries)", err=True)
-        trainer.start(threads)
-    if trainer.phase == "training":
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "log.jsonl").unlink(missing_ok=True)
+        pool = build_pool(cache, cfg, queries_path, qrels_path, dev_qrels_path, threads, progress,
+                          workdir / "pool.h5")
+        d = cache.dim
+        head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
+        state = TrainState.start(head, index.coarse.astype(np.float32), index.pq.codebooks.astype(np.float32))
+        meta = {**fingerprint, "name": name, "started_at": _now(), "queries": pool.describe(),
+                "dev_metric": pool.dev.metric if pool.dev is not None else None, "dev_split": pool.dev_split}
+        trainer = Trainer(cache, cfg, workdir, pool, index, state, meta, progress)
+        progress.message(f"training run {name!r}: {pool.describe_text()}; {trainer.total} steps")
+        if pool.dev is not None:
+            state.best_score = state.start_score = trainer.evaluate()
+            state.history.append([0, state.start_score])
+            trainer._log({"step": 0, "epoch": 0, f"dev_{pool.dev.metric}": round(state.start_score, 5), "best": True})
+        trainer.checkpoint()
+    if state.phase == "training":
         trainer.run()
-    else:
-        trainer.finish()
-    cache.close()
-    return TrainResult(cache_path, trainer.step, trainer.best_step, trainer.start_score, trainer.best_score,
-                       time.perf_counter() - t0, resumed_from=resumed, timings=dict(trainer.timings))
+    path = trainer.finish()
+    trainer.rows.close()
+    for leftover in LEFTOVERS:
+        (workdir / leftover).unlink(missing_ok=True)
+    return TrainResult(name, path, state.step, state.best_step, state.step / trainer.steps_per_epoch,
+                       meta["dev_metric"], meta["dev_split"], state.start_score, state.best_score,
+                       time.perf_counter() - t0, resumed_from=resumed, timings=dict(state.timings))
+

@@ -1,16 +1,18 @@
-"""``qlite index build``: train an IVF-PQ index on a cache and encode every row into it."""
+"""``qlite index build``: train an IVF-PQ index on a cache and encode every row into it; and finding
+the index that belongs to a cache."""
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import Cache
-from .errors import QliteError
-from .index.ivfpq import IVFPQIndex, IVFPQParams
-from .index.store import default_index_path, load_index, save_index
-from .progress import human_bytes, progress
-from .threads import set_threads
+from ..cache import Cache
+from ..errors import QliteError
+from ..progress import SILENT, Progress, human_bytes
+from ..threads import set_threads
+from .ivfpq import IVFPQIndex, IVFPQParams
+from .store import default_index_path, load_index, save_index
 
 
 @dataclass
@@ -32,7 +34,7 @@ class IndexBuildResult:
 
 
 def build_index(cache_path, out=None, *, nlist=None, m=None, nbits=None, opq=None, metric=None, niter=None,
-                seed=None, threads=None, quiet=False) -> IndexBuildResult:
+                seed=None, threads=None, progress: Progress = SILENT) -> IndexBuildResult:
     set_threads(threads)
     cache = Cache(cache_path).require_complete()
     out = Path(out) if out else default_index_path(cache_path)
@@ -41,22 +43,33 @@ def build_index(cache_path, out=None, *, nlist=None, m=None, nbits=None, opq=Non
     params.validate(cache.count)
     index = IVFPQIndex(params)
     t0 = time.perf_counter()
-    if not quiet:
-        import click
-        click.echo(f"training IVF-PQ (nlist {params.nlist}, M {params.m}, {'OPQ' if params.opq else 'no OPQ'}) "
-                   f"on {cache.path.name} ...", err=True)
+    progress.message(f"training IVF-PQ (nlist {params.nlist}, M {params.m} x {params.nbits} bit, "
+                     f"{'OPQ' if params.opq else 'no OPQ'}) on {cache.path.name}")
     index.train(cache.embeddings)
     t1 = time.perf_counter()
-    with progress(cache.count, "adding", quiet) as bar:
+    with progress.stage("adding", cache.count) as bar:
         index.add(cache.embeddings, on_block=bar.update)
     t2 = time.perf_counter()
-    save_index(index, out, extra_attrs=cache_identity(cache))
+    # a new uid per build: a training run that started from another build of the base index notices
+    save_index(index, out, extra_attrs={**cache_identity(cache), "index_uid": uuid.uuid4().hex})
     return IndexBuildResult(out, params, index.ntotal, t1 - t0, t2 - t1, cache.count * cache.dim * 4)
 
 
 def cache_identity(cache: Cache) -> dict:
+    """What ties an index or a run to the cache it was built for."""
     return {"cache_corpus_sha256": cache.attrs.get("corpus_sha256", ""),
             "cache_model_sha256": cache.attrs.get("model_sha256", ""), "cache_count": cache.count}
+
+
+def base_index_identity(cache: Cache, path=None) -> str:
+    """The uid of the cache's base index build ("" when none was recorded)."""
+    from ..cache import plain_attr
+
+    import h5py
+
+    path = Path(path) if path else default_index_path(cache.path)
+    with h5py.File(path, "r") as f:
+        return str(plain_attr(f.attrs.get("index_uid", "")))
 
 
 def open_index(cache: Cache, path=None, required=True):

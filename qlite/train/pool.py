@@ -1,0 +1,261 @@
+"""What training learns from: a pool of queries, the teacher's passages for each, and a dev set.
+
+The **pool** holds every query a step can draw, as encoder embeddings [P, d]:
+
+- *labelled* queries (from the training qrels): they carry positives, for the supervised loss;
+- *unlabelled* queries (a queries file given without qrels: every query of the file);
+- *pseudo-queries*: passages of the corpus used as queries.  They cost no encoding (their embedding is
+  in the cache) and reach every part of the corpus, so the quantizer learns about passages that no
+  real query points to.
+
+With qrels, only the queries the training qrels name are used: the rest of a BEIR queries file holds
+the test queries, which training must never see.
+
+The distillation teacher needs each pool query's best passages under flat search: they are computed
+once, block by block over the memory-mapped cache, and kept with the run (``teacher`` [P, teacher_k]).
+
+The **dev set** stops training.  Given dev qrels it is that.  Otherwise it is held out of the training
+qrels *by passage*: a passage is hashed into the dev share, a query goes to dev when all of its
+positives did, and no training query keeps a dev passage as a positive.  So dev measures what a
+user's next queries meet, passages no training query pointed to, rather than memorised pairs.  (When
+fewer than ``MIN_DEV_QUERIES`` queries qualify, random queries are held out instead.)  Without any
+qrels, dev is a share of the queries (or of the passages), scored by agreement with flat search.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..atomic import atomic_write
+from ..beir import load_qrels, load_queries
+from ..cache import Cache
+from ..encoder.model_dir import file_sha256
+from ..errors import QliteError
+from ..index.flat import flat_search
+
+MIN_DEV_QUERIES = 20
+UNLABELLED_DEV_SHARE = 0.1
+PSEUDO_DEV_QUERIES = 256
+POOL_FORMAT = "qlite-pool-1"
+
+
+@dataclass
+class Labelled:
+    qids: list
+    texts: list
+    pos_ptr: np.ndarray  # CSR: positives of query i are pos_rows[pos_ptr[i]:pos_ptr[i + 1]] (sorted rows)
+    pos_rows: np.ndarray
+    qrels: dict  # {qid: {doc id: grade}}, for metrics
+
+    def __len__(self):
+        return len(self.qids)
+
+    def positives(self, i) -> np.ndarray:
+        return self.pos_rows[self.pos_ptr[i]:self.pos_ptr[i + 1]]
+
+    def subset(self, idx, keep_rows=None) -> "Labelled":
+        """Queries ``idx``; with ``keep_rows`` (bool [N]) only those positives stay."""
+        idx = list(idx)
+        parts = [self.positives(i) for i in idx]
+        if keep_rows is not None:
+            parts = [p[keep_rows[p]] for p in parts]
+        qids = [self.qids[i] for i in idx]
+        return Labelled(qids, [self.texts[i] for i in idx], *csr(parts), {q: self.qrels[q] for q in qids})
+
+
+def csr(parts):
+    """(ptr, rows): the arrays in ``parts`` concatenated, part i at rows[ptr[i]:ptr[i + 1]]."""
+    ptr = np.zeros(len(parts) + 1, np.int64)
+    ptr[1:] = np.cumsum([len(p) for p in parts])
+    return ptr, np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def load_labelled(cache: Cache, queries: dict, qrels_path) -> Labelled:
+    """Queries of ``qrels_path`` that have a text and at least one relevant (grade >= 1) passage in the cache."""
+    qrels = load_qrels(qrels_path)
+    qids, texts, parts, kept = [], [], [], {}
+    for qid in sorted(qrels):
+        if qid not in queries:
+            continue
+        docs = [d for d, g in qrels[qid].items() if g >= 1]
+        rows = cache.rows_of(docs) if docs else np.zeros(0, np.int64)
+        rows = np.unique(rows[rows >= 0])
+        if len(rows):
+            qids.append(qid)
+            texts.append(queries[qid])
+            parts.append(rows)
+            kept[qid] = qrels[qid]
+    if not qids:
+        raise QliteError(f"{qrels_path}: no query has both a text in the queries file and a relevant passage "
+                         f"in {cache.path}")
+    return Labelled(qids, texts, *csr(parts), kept)
+
+
+def held_out_passages(cache: Cache, rows: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """bool [N]: True for those of ``rows`` a salted hash of the passage id puts in the dev share."""
+    held = np.zeros(cache.count, bool)
+    cut = int(share * 2 ** 32)
+    salt = int(seed).to_bytes(8, "little", signed=True)
+    ids = cache.ids
+    for r in np.unique(rows):
+        digest = hashlib.blake2b(ids[r], digest_size=4, salt=salt).digest()
+        held[r] = int.from_bytes(digest, "little") < cut
+    return held
+
+
+def split_by_passage(train: Labelled, held: np.ndarray, seed: int):
+    """(train, dev, how): dev holds the queries whose positives are all held-out passages; training queries
+    lose any held-out positive.  Falls back to random held-out queries when too few qualify."""
+    all_held, none_held = [], []
+    for i in range(len(train)):
+        (all_held if held[train.positives(i)].all() else none_held).append(i)
+    if len(all_held) >= MIN_DEV_QUERIES and len(none_held) >= MIN_DEV_QUERIES:
+        return train.subset(none_held, keep_rows=~held), train.subset(all_held), "dev: held-out passages"
+    n_dev = round(0.1 * len(train))
+    if n_dev < 1 or len(train) - n_dev < 1:
+        return train, None, "no dev"
+    order = np.random.default_rng([seed, 7]).permutation(len(train))
+    return train.subset(sorted(order[n_dev:])), train.subset(sorted(order[:n_dev])), "dev: held-out queries"
+
+
+def teacher_top(embeddings, queries, k, block_queries=1024) -> np.ndarray:
+    """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise."""
+    out = np.empty((len(queries), min(k, len(embeddings))), np.int64)
+    for s in range(0, len(queries), block_queries):
+        out[s:s + block_queries] = flat_search(embeddings, queries[s:s + block_queries], k)[1]
+    return out
+
+
+def input_fingerprint(*paths) -> dict:
+    return {Path(p).name if p else f"none{i}": file_sha256(p) if p else "" for i, p in enumerate(paths)}
+
+
+@dataclass
+class DevSet:
+    metric: str  # "ndcg@10" (labelled) or "agreement@10" (share of flat search's top 10 the index finds)
+    vectors: np.ndarray  # [n, d] encoder embeddings of the dev queries
+    qids: list = field(default_factory=list)
+    qrels: dict = field(default_factory=dict)
+    flat_top: np.ndarray | None = None  # [n, 10] for agreement
+
+
+@dataclass
+class Pool:
+    vectors: np.ndarray  # [P, d] float32: labelled, then unlabelled, then pseudo-queries
+    pos_ptr: np.ndarray  # [P + 1] CSR of positives (empty past the labelled queries)
+    pos_rows: np.ndarray
+    teacher: np.ndarray  # [P, teacher_k] int64
+    counts: dict  # labelled, unlabelled, pseudo
+    dev: DevSet | None
+    dev_split: str
+
+    def __len__(self):
+        return len(self.vectors)
+
+    def positives(self, i) -> np.ndarray:
+        return self.pos_rows[self.pos_ptr[i]:self.pos_ptr[i + 1]]
+
+    def describe(self) -> dict:
+        return {**self.counts, "dev": len(self.dev.vectors) if self.dev is not None else 0}
+
+    def describe_text(self) -> str:
+        c = self.describe()
+        return (f"{c['labelled']:,} labelled queries, {c['unlabelled']:,} unlabelled, {c['pseudo']:,} passages as "
+                f"queries; {c['dev']:,} dev queries ({self.dev_split})")
+
+    def save(self, path):
+        with atomic_write(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = POOL_FORMAT
+                f.attrs["counts"] = json.dumps(self.counts)
+                f.attrs["dev_split"] = self.dev_split
+                for name in ("vectors", "pos_ptr", "pos_rows", "teacher"):
+                    f[name] = getattr(self, name)
+                if self.dev is not None:
+                    g = f.create_group("dev")
+                    g.attrs["metric"] = self.dev.metric
+                    g.attrs["qids"] = json.dumps(self.dev.qids)
+                    g.attrs["qrels"] = json.dumps(self.dev.qrels)
+                    g["vectors"] = self.dev.vectors
+                    if self.dev.flat_top is not None:
+                        g["flat_top"] = self.dev.flat_top
+
+
+def load_pool(path) -> Pool:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise QliteError(f"{path}: unreadable query pool ({exc}); remove the run and start it again") from None
+    with f:
+        dev = None
+        if "dev" in f:
+            g = f["dev"]
+            dev = DevSet(str(g.attrs["metric"]), g["vectors"][...], json.loads(g.attrs["qids"]),
+                         json.loads(g.attrs["qrels"]), g["flat_top"][...] if "flat_top" in g else None)
+        return Pool(f["vectors"][...], f["pos_ptr"][...], f["pos_rows"][...], f["teacher"][...],
+                    json.loads(f.attrs["counts"]), dev, str(f.attrs["dev_split"]))
+
+
+def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, threads, progress, path) -> Pool:
+    """Gather, encode and save the run's queries (see the module docstring)."""
+    from ..encoder.queries import encode_queries, query_encoder
+
+    queries = load_queries(queries_path) if queries_path else {}
+    labelled, unlabelled, dev_texts, dev, split = None, [], [], None, "no dev"
+    if qrels_path:
+        labelled = load_labelled(cache, queries, qrels_path)
+        if dev_qrels_path:
+            dev_l, split = load_labelled(cache, queries, dev_qrels_path), "dev: given qrels"
+        else:
+            held = held_out_passages(cache, labelled.pos_rows, cfg.dev_share, cfg.seed)
+            labelled, dev_l, split = split_by_passage(labelled, held, cfg.seed)
+        if dev_l is not None:
+            dev_texts = dev_l.texts
+            dev = DevSet("ndcg@10", None, dev_l.qids, dev_l.qrels)
+    elif queries:
+        qids = sorted(queries)
+        order = np.random.default_rng([cfg.seed, 7]).permutation(len(qids))
+        n_dev = max(1, round(UNLABELLED_DEV_SHARE * len(qids))) if len(qids) > 1 else 0
+        dev_ids = {qids[i] for i in order[:n_dev]}
+        unlabelled = [queries[q] for q in qids if q not in dev_ids]
+        dev_texts = [queries[q] for q in qids if q in dev_ids]
+        if dev_texts:
+            dev, split = DevSet("agreement@10", None), "dev: held-out queries, agreement with flat search"
+    texts = (labelled.texts if labelled else []) + unlabelled
+    encoder = query_encoder(cache, threads) if texts or dev_texts else None
+    with progress.stage("encoding queries", len(texts) + len(dev_texts)) as bar:
+        real = encode_queries(encoder, texts) if texts else np.zeros((0, cache.dim), np.float32)
+        bar.update(len(texts))
+        dev_vectors = encode_queries(encoder, dev_texts) if dev_texts else None
+        bar.update(len(dev_texts))
+    rng = np.random.default_rng([cfg.seed, 11])
+    n = cache.count
+    dev_pseudo = np.zeros(0, np.int64)
+    if dev is None and not queries:  # nothing but the corpus: hold out passages as dev pseudo-queries
+        dev_pseudo = np.sort(rng.choice(n, min(PSEUDO_DEV_QUERIES, max(1, n // 10)), replace=False))
+        dev, split = DevSet("agreement@10", None), "dev: held-out passages as queries, agreement with flat search"
+        dev_vectors = np.asarray(cache.embeddings[dev_pseudo], np.float32)
+    candidates = np.setdiff1d(np.arange(n), dev_pseudo)
+    pseudo = np.sort(rng.choice(candidates, min(cfg.pseudo_queries, len(candidates)), replace=False))
+    vectors = np.vstack([real, np.asarray(cache.embeddings[pseudo], np.float32)]).astype(np.float32)
+    if len(vectors) == 0:
+        raise QliteError("nothing to train on: no queries and no passages as queries")
+    n_lab = len(labelled) if labelled else 0
+    parts = [labelled.positives(i) for i in range(n_lab)] + [np.zeros(0, np.int64)] * (len(vectors) - n_lab)
+    pos_ptr, pos_rows = csr(parts)
+    with progress.stage("teacher: flat search", len(vectors)) as bar:
+        teacher = teacher_top(cache.embeddings, vectors, cfg.teacher_k)
+        bar.update(len(vectors))
+    if dev is not None:
+        dev.vectors = dev_vectors
+        if dev.metric == "agreement@10":
+            dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10)
+    pool = Pool(vectors, pos_ptr, pos_rows, teacher,
+                {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo)}, dev, split)
+    pool.save(path)
+    return pool
