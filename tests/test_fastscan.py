@@ -55,12 +55,18 @@ def test_block_sums_equal_the_integer_oracle(use_avx2, m):
     tab[:, 0] = 0  # entries are exactly the integers: the quantised table equals tab
     tab[0, 1] = qmax
     qlut, _, _ = quantize_table_oracle(tab, qmax)
-    sums = list_block_sums(use_avx2, packed, qlut).ravel()
+    threshold = int(nibble_sums_oracle(codes, qlut).mean())
+    sums, masks = list_block_sums(use_avx2, packed, qlut, threshold)
+    sums = sums.ravel()
     valid = list_rows >= 0
     np.testing.assert_array_equal(sums[valid].astype(np.int64), nibble_sums_oracle(codes[list_rows[valid]], qlut))
+    lanes = ((masks[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(bool).ravel()
+    np.testing.assert_array_equal(lanes, sums >= threshold)
     # the largest possible sum, qmax in every entry, does not overflow 16 bits
     full = np.full_like(qlut, qmax)
-    assert (list_block_sums(use_avx2, packed, full) == qmax * 2 * ((m + 1) // 2)).all()
+    largest = qmax * 2 * ((m + 1) // 2)
+    sums, masks = list_block_sums(use_avx2, packed, full, 65535)
+    assert (sums == largest).all() and (masks == (0xFFFFFFFF if largest == 65535 else 0)).all()
 
 
 @needs_avx2
@@ -69,7 +75,10 @@ def test_avx2_and_portable_sums_are_identical():
     _, _, packed = _random_blocks(rng, 3000, 48)
     for _ in range(5):
         qlut = rng.integers(0, 256, (24, 32)).astype(np.uint8)
-        np.testing.assert_array_equal(list_block_sums(True, packed, qlut), list_block_sums(False, packed, qlut))
+        for threshold in (0, 1500, 3000):
+            avx2 = list_block_sums(True, packed, qlut, threshold)
+            for a, b in zip(avx2, list_block_sums(False, packed, qlut, threshold)):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.fixture(scope="module")

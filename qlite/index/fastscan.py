@@ -19,11 +19,11 @@ scan would (base + sum_m table[m, code_m] in m order), so returned scores are fl
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, prange, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .layout import BLOCK, get_nibble
-from .scan import heap_offer, heap_sort_desc, l2_list_term, l2_list_terms, offer_block, _worse
+from .scan import _worse, heap_offer, heap_sort_desc, l2_list_term, l2_list_terms
 from .simd import HAS_AVX2, nibble_block_sums_avx2
 
 
@@ -82,8 +82,8 @@ def quantize_tables(lut, qmax):
 
 # -- block sums: AVX2 or portable -----------------------------------------------------------------
 @njit(inline="always")
-def nibble_block_sums_portable(codes, b, qlut, out):
-    """The same integers as simd.nibble_block_sums_avx2, in plain Numba (any CPU)."""
+def nibble_block_sums_portable(codes, b, qlut, out, threshold):
+    """The same integers and mask as simd.nibble_block_sums_avx2, in plain Numba (any CPU)."""
     for j in range(BLOCK):
         out[j] = 0
     for p in range(codes.shape[1]):
@@ -94,53 +94,213 @@ def nibble_block_sums_portable(codes, b, qlut, out):
             hi = row[16 + i]
             out[i] += t[lo & 15] + t[16 + (hi & 15)]
             out[16 + i] += t[lo >> 4] + t[16 + (hi >> 4)]
+    mask = np.uint32(0)
+    for j in range(BLOCK):
+        if out[j] >= threshold:
+            mask |= np.uint32(1) << np.uint32(j)
+    return mask
 
 
-def nibble_block_sums(use_avx2, codes, b, qlut, out):
-    """Dispatch on a literal ``use_avx2``: only the chosen kernel is compiled (AVX2 code on a CPU
-    without AVX2 would not even compile)."""
+def simd_flag(use_avx2: bool):
+    """The ``simd`` argument of the kernels below: True selects the AVX2 kernel, None the portable one.
+
+    The choice is made by the argument's Numba type (boolean or none), so each kernel is compiled
+    once per choice and only the chosen block-sum code is compiled: AVX2 code on a CPU without AVX2
+    would not even compile.  (A literal bool would do the same, but Numba re-types the call every
+    time to find the literal, which costs ~100 ms.)
+    """
+    return True if use_avx2 else None
+
+
+def nibble_block_sums(simd, codes, b, qlut, out, threshold):
+    """out[j] = the integer sum of block b's lane j against qlut; returns the uint32 mask of lanes with
+    out[j] >= threshold (see simd_flag for ``simd``)."""
 
 
 @overload(nibble_block_sums, inline="always")
-def _nibble_block_sums(use_avx2, codes, b, qlut, out):
-    if isinstance(use_avx2, types.BooleanLiteral) and use_avx2.literal_value:
-        def avx2(use_avx2, codes, b, qlut, out):
-            nibble_block_sums_avx2(codes, b, qlut, out)
+def _nibble_block_sums(simd, codes, b, qlut, out, threshold):
+    if isinstance(simd, types.Boolean):
+        def avx2(simd, codes, b, qlut, out, threshold):
+            return nibble_block_sums_avx2(codes, b, qlut, out, threshold)
         return avx2
 
-    def portable(use_avx2, codes, b, qlut, out):
-        nibble_block_sums_portable(codes, b, qlut, out)
+    def portable(simd, codes, b, qlut, out, threshold):
+        return nibble_block_sums_portable(codes, b, qlut, out, threshold)
     return portable
 
 
 @njit(cache=True)
-def list_block_sums(use_avx2, codes, qlut):
-    """uint16 [nblocks, 32]: the integer sums of every block against one quantised table (for tests)."""
-    literally(use_avx2)
+def _list_block_sums(simd, codes, qlut, threshold):
     out = np.empty((codes.shape[0], BLOCK), np.uint16)
+    masks = np.empty(codes.shape[0], np.uint32)
     for b in range(codes.shape[0]):
-        nibble_block_sums(use_avx2, codes, b, qlut, out[b])
-    return out
+        masks[b] = nibble_block_sums(simd, codes, b, qlut, out[b], threshold)
+    return out, masks
+
+
+def list_block_sums(use_avx2, codes, qlut, threshold=0):
+    """(uint16 [nblocks, 32] sums of every block against one quantised table, uint32 [nblocks] masks of
+    the lanes with sum >= threshold): for tests."""
+    return _list_block_sums(simd_flag(use_avx2), codes, qlut, threshold)
+
+
+@njit(inline="always")
+def sum_threshold(worst, start, inv):
+    """Smallest integer sum whose approximate score start + float32(sum) * inv reaches ``worst``
+    (0 without a threshold yet; 65536 if no 16-bit sum can).
+
+    Exact, not an estimate: the approximate score is monotone in the sum, so the estimate from a
+    division is corrected by evaluating the same float32 expression the scan uses.  Lanes below it
+    cannot be kept; lanes at or above it reach the threshold score (ties go to the lower row).
+    """
+    if worst == -np.inf or inv <= 0:
+        return 0
+    t = np.floor((np.float64(worst) - np.float64(start)) / np.float64(inv))
+    s = int(max(0.0, min(t, 65536.0)))
+    while s > 0 and start + np.float32(s - 1) * inv >= worst:
+        s -= 1
+    while s <= 65535 and start + np.float32(s) * inv < worst:
+        s += 1
+    return s
+
+
+@njit(cache=True)
+def nth_best(bs, br, n, nth):
+    """Reorder bs/br[:n] so that position ``nth`` holds what a full sort (higher score first, then lower
+    row) would put there, with every better entry before it (quickselect, median-of-three pivot)."""
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        # median of three as pivot, moved to hi - 1
+        a, b, c = lo, mid, hi - 1
+        if _worse(bs[a], br[a], bs[b], br[b]):
+            a, b = b, a
+        if _worse(bs[b], br[b], bs[c], br[c]):
+            b, c = c, b
+            if _worse(bs[a], br[a], bs[b], br[b]):
+                a, b = b, a
+        bs[b], bs[hi - 1] = bs[hi - 1], bs[b]
+        br[b], br[hi - 1] = br[hi - 1], br[b]
+        ps, pr = bs[hi - 1], br[hi - 1]
+        store = lo
+        for i in range(lo, hi - 1):
+            if _worse(ps, pr, bs[i], br[i]):
+                bs[i], bs[store] = bs[store], bs[i]
+                br[i], br[store] = br[store], br[i]
+                store += 1
+        bs[store], bs[hi - 1] = bs[hi - 1], bs[store]
+        br[store], br[hi - 1] = br[hi - 1], br[store]
+        if store == nth:
+            return
+        if store < nth:
+            lo = store + 1
+        else:
+            hi = store
 
 
 # -- scan -----------------------------------------------------------------------------------------
+@njit(inline="always")
+def _pair_table(lut, qi, qluts, qbias, qinv, qmax, l2, term, table, qlocal):
+    """(quantised table, bias, inv_scale) of one (query, list): the query's own for ip, or the
+    quantised lut[qi] - term (the list's l2 term, filled in by the caller) for l2."""
+    if l2:
+        M, ksub = table.shape
+        for m in range(M):
+            for j in range(ksub):
+                table[m, j] = lut[qi, m, j] - term[m, j]
+        bias, inv = quantize_table(table, qmax, qlocal)
+        return qlocal, bias, inv
+    return qluts[qi], qbias[qi], qinv[qi]
+
+
+@njit(inline="always")
+def _scan_blocks(simd, codes, b0, b1, end_slot, qt, start, inv, list_rows, sums, rs, rr, size, ws, wr, n_cand):
+    """Scan blocks [b0, b1) of one list for one query into its reservoir; returns (size, ws, wr)."""
+    for b in range(b0, b1):
+        # integer pre-filter: only lanes that reach the threshold get a float score
+        threshold = sum_threshold(ws, start, inv)
+        if threshold > 65535:
+            break  # the threshold only rises: nothing later in these blocks can pass either
+        mask = nibble_block_sums(simd, codes, b, qt, sums, threshold)
+        if mask == 0:
+            continue
+        first_slot = b * BLOCK
+        for j in range(min(BLOCK, end_slot - first_slot)):
+            if (mask >> j) & 1:
+                s = start + np.float32(sums[j]) * inv
+                r = list_rows[first_slot + j]
+                if _worse(ws, wr, s, r):
+                    rs[size] = s
+                    rr[size] = r
+                    size += 1
+                    if size == rs.shape[0]:
+                        nth_best(rs, rr, size, n_cand - 1)
+                        size = n_cand
+                        ws = rs[n_cand - 1]
+                        wr = rr[n_cand - 1]
+    return size, ws, wr
+
+
 @njit(parallel=True, cache=True)
-def scan_nibbles(use_avx2, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs, plan, block_offsets,
-                 list_sizes, codes, list_rows, l2, coarse, codebooks, cb_norms, heap_s, heap_r, heap_n):
-    """Approximate scores of the probed blocks into the parts' heaps (list-major, as scan.scan_bytes).
+def seed_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, block_offsets, list_sizes, codes, list_rows, l2,
+                 coarse, codebooks, cb_norms, n_cand, res_s, res_r, res_n, thr_s, thr_r):
+    """Scan each query's nearest list (probe 0) first, parallel over queries, into the last part's
+    reservoir, and give every part that reservoir's n_cand-th best as its starting threshold.
+
+    In list-major order a query's lists come in no particular order, so its thresholds would start
+    low and most early codes would enter the reservoirs only to be dropped; the nearest list holds
+    many of the best codes, so after it few codes pass.  scan_nibbles then skips probe 0.
+    """
+    nq = probes.shape[0]
+    M, ksub = lut.shape[1], lut.shape[2]
+    last = res_s.shape[0] - 1
+    for qi in prange(nq):
+        sums = np.empty(BLOCK, np.uint16)
+        term = np.empty((M, ksub), np.float32)
+        table = np.empty((M, ksub), np.float32)
+        qlocal = np.empty(((M + 1) // 2, BLOCK), np.uint8)
+        lst = probes[qi, 0]
+        if l2:
+            l2_list_terms(coarse, lst, codebooks, cb_norms, term)
+        qt, bias, inv = _pair_table(lut, qi, qluts, qbias, qinv, qmax, l2, term, table, qlocal)
+        rs = res_s[last, qi]
+        rr = res_r[last, qi]
+        size, ws, wr = _scan_blocks(simd, codes, block_offsets[lst], block_offsets[lst + 1],
+                                    block_offsets[lst] * BLOCK + list_sizes[lst], qt, base[qi, 0] + bias, inv,
+                                    list_rows, sums, rs, rr, res_n[last, qi], thr_s[last, qi], thr_r[last, qi], n_cand)
+        if size >= n_cand:
+            nth_best(rs, rr, size, n_cand - 1)
+            ws = rs[n_cand - 1]
+            wr = rr[n_cand - 1]
+        res_n[last, qi] = size
+        for t in range(last + 1):
+            thr_s[t, qi] = ws
+            thr_r[t, qi] = wr
+
+
+@njit(parallel=True, cache=True)
+def scan_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs, plan, block_offsets,
+                 list_sizes, codes, list_rows, l2, coarse, codebooks, cb_norms, n_cand, seeded, res_s, res_r, res_n,
+                 thr_s, thr_r):
+    """Approximate scores of the probed blocks into the parts' reservoirs (list-major, as scan.scan_bytes).
 
     ip: qluts [nq, P, 32], qbias, qinv [nq] from quantize_tables(lut); l2: each (query, list) table
     lut[qi] - l2_list_terms(list) is quantised here (lut = 2 x the inner-product tables).
-    Approximate score = (base + bias) + float32(sum) * inv_scale.
+    Approximate score = (base + bias) + float32(sum) * inv_scale.  simd: see simd_flag.
+
+    Reservoirs res_s / res_r [nparts (+ 1 if seeded), nq, 2 n_cand] with counts res_n (zeroed) and
+    thresholds thr_s / thr_r [nparts (+ 1), nq] (-inf, any row): a code whose score beats the
+    threshold is appended; a full reservoir keeps its best n_cand (nth_best) and their worst becomes
+    the threshold.  The reservoirs then hold every code of the top n_cand (and some more), in no
+    order: cheaper than a heap, whose every insertion sifts while most kept codes are later dropped.
+    With ``seeded`` (seed_nibbles ran), probe 0 is skipped.
     """
-    literally(use_avx2)
     piece_list, piece_b0, piece_b1, part_offsets, part_pieces = plan
     nprobe = probes.shape[1]
     M, ksub = lut.shape[1], lut.shape[2]
     nparts = part_offsets.shape[0] - 1
     for t in prange(nparts):
         sums = np.empty(BLOCK, np.uint16)
-        acc = np.empty(BLOCK, np.float32)
         term = np.empty((M, ksub), np.float32)
         table = np.empty((M, ksub), np.float32)
         qlocal = np.empty(((M + 1) // 2, BLOCK), np.uint8)
@@ -152,26 +312,16 @@ def scan_nibbles(use_avx2, lut, qluts, qbias, qinv, qmax, base, probes, pair_off
                 l2_list_terms(coarse, lst, codebooks, cb_norms, term)
             for pr in range(pair_offsets[lst], pair_offsets[lst + 1]):
                 pair = pairs[pr]
+                if seeded and pair % nprobe == 0:
+                    continue
                 qi = pair // nprobe
-                if l2:
-                    for m in range(M):
-                        for j in range(ksub):
-                            table[m, j] = lut[qi, m, j] - term[m, j]
-                    bias, inv = quantize_table(table, qmax, qlocal)
-                    qt = qlocal
-                else:
-                    bias, inv = qbias[qi], qinv[qi]
-                    qt = qluts[qi]
-                start = base[qi, pair % nprobe] + bias
-                hs = heap_s[t, qi]
-                hr = heap_r[t, qi]
-                size = heap_n[t, qi]
-                for b in range(piece_b0[piece], piece_b1[piece]):
-                    nibble_block_sums(use_avx2, codes, b, qt, sums)
-                    for j in range(BLOCK):
-                        acc[j] = start + np.float32(sums[j]) * inv
-                    size = offer_block(hs, hr, size, acc, list_rows, b * BLOCK, min(BLOCK, end_slot - b * BLOCK))
-                heap_n[t, qi] = size
+                qt, bias, inv = _pair_table(lut, qi, qluts, qbias, qinv, qmax, l2, term, table, qlocal)
+                size, ws, wr = _scan_blocks(simd, codes, piece_b0[piece], piece_b1[piece], end_slot, qt,
+                                            base[qi, pair % nprobe] + bias, inv, list_rows, sums, res_s[t, qi],
+                                            res_r[t, qi], res_n[t, qi], thr_s[t, qi], thr_r[t, qi], n_cand)
+                res_n[t, qi] = size
+                thr_s[t, qi] = ws
+                thr_r[t, qi] = wr
 
 
 @njit(parallel=True, cache=True)

@@ -25,7 +25,7 @@ from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
-from .scan import (counting_sort_lists, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
+from .scan import (counting_sort_lists, exact_scores, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
                    select_probes, select_probes_serial)
 
 ADD_BLOCK = 65536
@@ -33,6 +33,8 @@ ADD_BLOCK = 65536
 SEARCH_MEMORY_BYTES = 64 << 20
 # below this many queries the probe selection and heap merge run without a parallel region
 SERIAL_BELOW = 8
+# fast-scan seeds thresholds query-parallel (fastscan.seed_nibbles) from this many queries per thread
+SEED_FROM = 4
 _blas_libraries = None
 
 
@@ -130,6 +132,10 @@ class IVFPQIndex:
 
         ``source`` is [N, d] (a memmap is fine): only subsamples are read.
         """
+        with one_blas_thread():  # k-means alternates BLAS products with Numba passes (see one_blas_thread)
+            return self._train(source)
+
+    def _train(self, source):
         p = self.params
         p.validate(len(source))
         rng = np.random.default_rng(p.seed)
@@ -163,11 +169,12 @@ class IVFPQIndex:
         n = len(source)
         codes_by_row = np.empty((n, self.params.m), np.uint8)
         row_list = np.empty(n, np.int32)
-        for s in range(0, n, block):
-            x = self.rotate(np.asarray(source[s:s + block], np.float32))
-            row_list[s:s + len(x)], codes_by_row[s:s + len(x)] = self._encode(x)
-            if on_block is not None:
-                on_block(len(x))
+        with one_blas_thread():
+            for s in range(0, n, block):
+                x = self.rotate(np.asarray(source[s:s + block], np.float32))
+                row_list[s:s + len(x)], codes_by_row[s:s + len(x)] = self._encode(x)
+                if on_block is not None:
+                    on_block(len(x))
         self._layout(codes_by_row, row_list)
         return self
 
@@ -200,6 +207,22 @@ class IVFPQIndex:
             raise QliteError("update: row out of range")
         new_list, new_codes = self._encode(self.rotate(vectors))
         return self.assign(rows, new_list, new_codes)
+
+    def remap(self, source, vectors) -> int:
+        """Follow a corpus update: new row r keeps old row ``source[r]``'s list and codes, or (source -1) is
+        encoded from ``vectors[r]`` (an array-like read only at those rows).  Returns the rows encoded."""
+        source = np.asarray(source, np.int64)
+        keep = source >= 0
+        codes_by_row = np.empty((len(source), self.params.m), np.uint8)
+        row_list = np.empty(len(source), np.int32)
+        codes_by_row[keep] = self.codes_of(source[keep])
+        row_list[keep] = self.row_list[source[keep]]
+        todo = np.flatnonzero(~keep)
+        for s in range(0, len(todo), ADD_BLOCK):
+            part = todo[s:s + ADD_BLOCK]
+            row_list[part], codes_by_row[part] = self._encode(self.rotate(np.asarray(vectors[part], np.float32)))
+        self._layout(codes_by_row, row_list)
+        return len(todo)
 
     def assign(self, rows, lists, codes):
         """Store given (list, codes) for ``rows`` (as ``update`` does after encoding); returns rows moved."""
@@ -275,7 +298,7 @@ class IVFPQIndex:
             depth = max(k, rerank)
             nparts = numba.get_num_threads()
             n_cand = max(depth, rescore if rescore else 4 * k) if self.params.nibbles else depth
-            per_query = self.params.m * self.pq.ksub * 4 + nparts * n_cand * 12
+            per_query = self.params.m * self.pq.ksub * 4 + nparts * n_cand * 24
             chunk = max(1, SEARCH_MEMORY_BYTES // per_query)
             scores = np.empty((len(q), depth), np.float32)
             rows = np.empty((len(q), depth), np.int64)
@@ -294,13 +317,13 @@ class IVFPQIndex:
             lut *= 2  # exact: the l2 tables are 2 <q_m, r> - (||r||^2 + 2 <c_m, r>)
         pair_offsets, pairs = counting_sort_lists(probes.ravel(), self.params.nlist)
         plan = plan_pieces(self.block_offsets, pair_offsets, nparts)
-        heap_s = np.empty((nparts, len(q), n_cand), np.float32)
-        heap_r = np.empty((nparts, len(q), n_cand), np.int64)
-        heap_n = np.zeros((nparts, len(q)), np.int64)
         cb = self.pq.codebooks
         cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
         merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
         if not self.params.nibbles:
+            heap_s = np.empty((nparts, len(q), depth), np.float32)
+            heap_r = np.empty((nparts, len(q), depth), np.int64)
+            heap_n = np.zeros((nparts, len(q)), np.int64)
             scan_bytes(lut, base, probes, pair_offsets, pairs, plan, self.block_offsets, self.list_sizes, self.codes,
                        self.list_rows, l2, self.coarse, cb, cb_norms, heap_s, heap_r, heap_n)
             return merge(heap_s, heap_r, heap_n, depth)
@@ -309,10 +332,24 @@ class IVFPQIndex:
             qluts, qbias, qinv = np.empty((0, 0, 32), np.uint8), np.empty(0, np.float32), np.empty(0, np.float32)
         else:
             qluts, qbias, qinv = fastscan.quantize_tables(lut, qmax)
-        fastscan.scan_nibbles(fastscan.USE_AVX2, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs,
-                              plan, self.block_offsets, self.list_sizes, self.codes, self.list_rows, l2, self.coarse,
-                              cb, cb_norms, heap_s, heap_r, heap_n)
-        _, cand_rows = merge(heap_s, heap_r, heap_n, n_cand)
+        # batches seed each query's threshold from its nearest list (seed_nibbles); a few queries
+        # would leave threads idle in that query-parallel pass
+        seeded = len(q) >= SEED_FROM * nparts
+        slots = nparts + 1 if seeded else nparts
+        res_s = np.empty((slots, len(q), 2 * n_cand), np.float32)
+        res_r = np.empty((slots, len(q), 2 * n_cand), np.int64)
+        res_n = np.zeros((slots, len(q)), np.int64)
+        thr_s = np.full((slots, len(q)), -np.inf, np.float32)
+        thr_r = np.zeros((slots, len(q)), np.int64)
+        simd = fastscan.simd_flag(fastscan.USE_AVX2)
+        if seeded:
+            fastscan.seed_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, self.block_offsets,
+                                  self.list_sizes, self.codes, self.list_rows, l2, self.coarse, cb, cb_norms, n_cand,
+                                  res_s, res_r, res_n, thr_s, thr_r)
+        fastscan.scan_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs, plan,
+                              self.block_offsets, self.list_sizes, self.codes, self.list_rows, l2, self.coarse, cb,
+                              cb_norms, n_cand, seeded, res_s, res_r, res_n, thr_s, thr_r)
+        _, cand_rows = merge(res_s, res_r, res_n, n_cand)
         return fastscan.rescore(cand_rows, lut, base, probes, self.row_list, self.row_slot, self.codes, l2,
                                 self.coarse, cb, cb_norms, depth)
 
@@ -321,16 +358,18 @@ class IVFPQIndex:
 
 
 def rerank_exact(source, queries, rows, metric="ip"):
-    """Exact scores of candidate rows read from the float cache, re-sorted (best first)."""
-    q = np.asarray(queries, np.float32)
-    scores = np.full(rows.shape, -np.inf, np.float32)
-    for i in range(len(rows)):
-        valid = rows[i] >= 0
-        cand = rows[i][valid]
-        order = np.argsort(cand)  # read the memmap in file order
-        vecs = np.empty((len(cand), q.shape[1]), np.float32)
-        vecs[order] = source[cand[order]]
-        s = vecs @ q[i] if metric == "ip" else -((vecs - q[i]) ** 2).sum(1)
-        scores[i][valid] = s
+    """Exact scores of candidate rows [nq, R] (-1 = none) read from the float cache, re-sorted (best first)."""
+    q = np.ascontiguousarray(queries, np.float32)
+    if isinstance(source, np.ndarray) and source.dtype == np.float32 and source.flags.c_contiguous:
+        scores = exact_scores(source, q, np.ascontiguousarray(rows, np.int64), metric == "l2")
+    else:  # any other array-like: gather the candidates (in file order) and score them with NumPy
+        scores = np.full(rows.shape, -np.inf, np.float32)
+        for i in range(len(rows)):
+            valid = rows[i] >= 0
+            cand = rows[i][valid]
+            order = np.argsort(cand)
+            vecs = np.empty((len(cand), q.shape[1]), np.float32)
+            vecs[order] = source[cand[order]]
+            scores[i][valid] = vecs @ q[i] if metric == "ip" else -((vecs - q[i]) ** 2).sum(1)
     order = np.lexsort((rows, -scores), axis=1)
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)

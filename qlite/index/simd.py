@@ -36,8 +36,9 @@ def _data_pointer(context, builder, array_type, value):
 
 
 @intrinsic
-def nibble_block_sums_avx2(typingctx, codes, b, qlut, out):
-    """out[j] = sum_m qlut[m >> 1, (m & 1) * 16 + code(b, m, j)] for the 32 lanes j of block b (AVX2).
+def nibble_block_sums_avx2(typingctx, codes, b, qlut, out, threshold):
+    """out[j] = sum_m qlut[m >> 1, (m & 1) * 16 + code(b, m, j)] for the 32 lanes j of block b (AVX2);
+    returns the uint32 mask of lanes whose sum is >= threshold (0 <= threshold <= 65535).
 
     codes: uint8 [nblocks, P, 32] in the nibble layout (layout.py); qlut: uint8 [P, 32], row p holding
     the 16-entry tables of sub-quantizers 2p and 2p + 1; out: uint16 [32].  Per pair row, one 32-byte
@@ -53,13 +54,13 @@ def nibble_block_sums_avx2(typingctx, codes, b, qlut, out):
     ok = (isinstance(codes, types.Array) and codes.ndim == 3 and codes.layout == "C" and codes.dtype == types.uint8
           and isinstance(qlut, types.Array) and qlut.ndim == 2 and qlut.layout == "C" and qlut.dtype == types.uint8
           and isinstance(out, types.Array) and out.layout == "C" and out.dtype == types.uint16
-          and isinstance(b, types.Integer))
+          and isinstance(b, types.Integer) and isinstance(threshold, types.Integer))
     if not ok:
         return None
-    sig = types.void(codes, b, qlut, out)
+    sig = types.uint32(codes, b, qlut, out, threshold)
 
     def codegen(context, builder, signature, args):
-        codes_v, b_v, qlut_v, out_v = args
+        codes_v, b_v, qlut_v, out_v, thr_v = args
         codes_a = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=codes_v)
         npairs = cgutils.unpack_tuple(builder, codes_a.shape, 3)[1]
         i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -88,6 +89,10 @@ def nibble_block_sums_avx2(typingctx, codes, b, qlut, out):
         lo_half = ir.Constant(ir.VectorType(i32, 8), list(range(8)))
         hi_half = ir.Constant(ir.VectorType(i32, 8), list(range(8, 16)))
         interleave = ir.Constant(ir.VectorType(i32, 16), [v for i in range(8) for v in (i, 8 + i)])
+        undef16 = ir.Constant(v16i16, ir.Undefined)
+        thr = builder.insert_element(undef16, builder.trunc(thr_v, i16), ir.Constant(i32, 0))
+        thr = builder.shuffle_vector(thr, undef16, ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+        mask = ir.Constant(i32, 0)
         for h in range(2):
             a = builder.load(whole[h])
             odd = builder.load(high[h])
@@ -101,6 +106,8 @@ def nibble_block_sums_avx2(typingctx, codes, b, qlut, out):
             lanes = builder.shuffle_vector(even8, odd8, interleave)  # lane order 2i, 2i + 1
             dst = builder.gep(out_ptr, [ir.Constant(i64, 16 * h)])
             builder.store(lanes, builder.bitcast(dst, ir.PointerType(v16i16)), align=2)
-        return context.get_dummy_value()
+            passing = builder.bitcast(builder.icmp_unsigned(">=", lanes, thr), i16)
+            mask = builder.or_(mask, builder.shl(builder.zext(passing, i32), ir.Constant(i32, 16 * h)))
+        return mask
 
     return sig, codegen
