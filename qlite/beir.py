@@ -5,6 +5,7 @@ Every problem is reported as ``file:line: what is wrong``; nothing is guessed.
 from __future__ import annotations
 
 import gzip
+from array import array
 import hashlib
 import json
 import re
@@ -191,6 +192,12 @@ class CorpusScan:
     sha256: str
     ids: np.ndarray  # fixed-width UTF-8 bytes, one per passage, in file order
     bytes: int
+    text_hashes: np.ndarray  # uint64 per passage: a hash of what gets encoded (passage_text)
+
+
+def text_hash(text: str) -> int:
+    """64-bit hash of a passage's encoded text: an update re-encodes a passage only when this changes."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def scan_corpus(path, on_line=None) -> CorpusScan:
@@ -199,9 +206,10 @@ def scan_corpus(path, on_line=None) -> CorpusScan:
     Ids are kept as one fixed-width byte array (compact: N x longest-id bytes), never a list.
     """
     hasher = hashlib.sha256()
-    blocks, block = [], []
+    blocks, block, hashes = [], [], array("Q")  # compact: 8 bytes per passage
     for lineno, doc in iter_corpus(path, hasher):
         block.append(doc["_id"].encode("utf-8"))
+        hashes.append(text_hash(passage_text(doc)))
         if len(block) == 65536:
             blocks.append(np.array(block, dtype=bytes))
             block = []
@@ -219,7 +227,8 @@ def scan_corpus(path, on_line=None) -> CorpusScan:
         first, second = sorted(order[dup[0]:dup[0] + 2])
         lines = _lines_of_rows(path, (first, second))
         raise InputError(path, lines[1], f"duplicate _id {ids[second].decode()!r} (first seen on line {lines[0]})")
-    return CorpusScan(count=len(ids), sha256=hasher.hexdigest(), ids=ids, bytes=_size(path))
+    return CorpusScan(count=len(ids), sha256=hasher.hexdigest(), ids=ids, bytes=_size(path),
+                      text_hashes=np.frombuffer(hashes, np.uint64).copy())
 
 
 def _lines_of_rows(path, rows):

@@ -16,6 +16,7 @@ memmaps (HDF5 metadata is never touched again): embeddings are synced to disk be
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -49,18 +50,58 @@ def sidecar_path(cache_path, suffix) -> Path:
     return p.with_name(stem + suffix)
 
 
-def create_cache(path, ids: np.ndarray, dim: int, attrs: dict) -> None:
-    """Write an empty cache for ``len(ids)`` rows atomically (temp file + fsync + rename)."""
+def create_cache(path, ids: np.ndarray, dim: int, attrs: dict, *, text_hashes=None, corpus_rows=None,
+                 source_rows=None, atomic=True) -> None:
+    """Write an empty cache for ``len(ids)`` rows, atomically (temp file + fsync + rename) unless told not to.
+
+    ``text_hashes``: uint64 [N], a hash of each row's text (for updates); ``corpus_rows``: the corpus row of
+    each cache row (a shard); ``source_rows``: the row of the cache being updated whose embedding each row
+    reuses (-1: encode it).
+    """
     n = len(ids)
-    with atomic_write(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
-        f.create_dataset("embeddings", (n, dim), dtype="<f4", dcpl=_preallocated())
-        f.create_dataset("ids", data=ids)
-        f.create_dataset("snippets", (n,), dtype=f"S{SNIPPET_BYTES}", dcpl=_preallocated())
-        f.create_dataset("progress", data=np.zeros(1, np.int64), dcpl=_preallocated())
-        f.attrs.update({k: v for k, v in attrs.items() if v is not None})
-        f.attrs["qlite_version"] = __version__
-        f.attrs["count"] = n
-        f.attrs["dim"] = dim
+    text_hashes = np.zeros(n, np.uint64) if text_hashes is None else text_hashes
+
+    def write(target):
+        with h5py.File(target, "w", libver="latest") as f:
+            f.create_dataset("embeddings", (n, dim), dtype="<f4", dcpl=_preallocated())
+            f.create_dataset("ids", data=ids)
+            f.create_dataset("text_hashes", data=np.asarray(text_hashes, "<u8"))
+            if corpus_rows is not None:
+                f.create_dataset("corpus_rows", data=np.asarray(corpus_rows, "<i8"))
+            if source_rows is not None:
+                f.create_dataset("source_rows", data=np.asarray(source_rows, "<i8"))
+            f.create_dataset("snippets", (n,), dtype=f"S{SNIPPET_BYTES}", dcpl=_preallocated())
+            f.create_dataset("progress", data=np.zeros(1, np.int64), dcpl=_preallocated())
+            f.attrs.update({k: v for k, v in attrs.items() if v is not None})
+            f.attrs["qlite_version"] = __version__
+            f.attrs["count"] = n
+            f.attrs["dim"] = dim
+
+    if not atomic:
+        write(path)
+        reserve_space(path)
+        return
+    with atomic_write(path) as tmp:
+        write(tmp)
+        reserve_space(tmp)
+
+
+def reserve_space(path) -> None:
+    """Allocate the disk blocks of every preallocated dataset now.  HDF5 only reserves their place in the
+    file (a sparse hole); a memmap write into a hole on a full disk kills the process with SIGBUS, while
+    allocating here fails early with a clear "no space left" error and leaves nothing half-written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with h5py.File(path, "r") as f:
+        spans = [(ds.id.get_offset(), ds.id.get_storage_size()) for ds in f.values()
+                 if isinstance(ds, h5py.Dataset) and ds.id.get_offset() is not None]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for offset, size in spans:
+            if size:
+                os.posix_fallocate(fd, offset, size)
+    finally:
+        os.close(fd)
 
 
 class Cache:
@@ -149,6 +190,18 @@ class Cache:
         if self._order is None:
             self._order = np.argsort(self.ids, kind="stable")
         return self._order
+
+    def corpus_rows(self) -> np.ndarray:
+        """int64 [N]: the corpus row of each cache row (a shard holds some chunks; a full cache all rows)."""
+        if "corpus_rows" in self._layout:
+            return np.array(self.array("corpus_rows", False))
+        return np.arange(self.count, dtype=np.int64)
+
+    def text_hashes(self) -> np.ndarray:
+        """uint64 [N]: a hash of each row's encoded text (all zero in caches built before they were kept)."""
+        if "text_hashes" in self._layout:
+            return np.array(self.array("text_hashes", False))
+        return np.zeros(self.count, np.uint64)
 
     def snippets(self, rows, width=100) -> dict[int, str]:
         """{row: "title | text" shortened to ``width`` characters}: kept in the cache at build time; caches

@@ -39,7 +39,7 @@ def progress_for(quiet):
 
 
 def user_errors(fn):
-    """Turn QliteError into a one-line message and exit status 1 (no traceback)."""
+    """Turn QliteError (and a full disk) into a one-line message and exit status 1 (no traceback)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -47,7 +47,21 @@ def user_errors(fn):
         except QliteError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            click.echo(f"Error: no space left on the device{where}; free some space and run the same command "
+                       "again: it resumes where it stopped", err=True)
+            sys.exit(1)
     return wrapper
+
+
+def disk_full(exc: OSError) -> bool:
+    import errno
+
+    # h5py reports the C library's errno inside its message rather than in exc.errno
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc) or "errno = 28" in str(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,17 +82,38 @@ def cli():
 @threads_option
 @click.option("--int8", is_flag=True, help="Dynamic int8 quantisation of the encoder (faster, slightly less accurate).")
 @click.option("--force", is_flag=True, help="Rebuild even if OUT is complete or was built from other inputs.")
+@click.option("--update", is_flag=True,
+              help="OUT holds an older version of the corpus: encode only new or edited passages, drop removed ones, "
+                   "and bring the index and the runs along.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Encode only shard I of N (every N-th chunk) into OUT; combine the shards with merge-caches.")
 @click.option("--chunk-size", "chunk_rows", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Passages per durable write (a crash loses at most one chunk).")
+              help="Passages per durable write (a crash loses at most one chunk); shards split by chunk.")
 @quiet_option
 @user_errors
-def build_cache_cmd(corpus, out, model_dir, max_length, batch_size, threads, int8, force, chunk_rows, quiet):
+def build_cache_cmd(corpus, out, model_dir, max_length, batch_size, threads, int8, force, update, shard, chunk_rows,
+                    quiet):
     """Encode a BEIR corpus.jsonl[.gz] into an embedding cache (resumable: rerun after a crash)."""
     from .build import build_cache
 
+    if shard is not None and out is None:
+        raise QliteError("--shard needs --out (one file per shard)")
     result = build_cache(corpus, out, model_dir=model_dir, int8=int8, max_length=max_length, batch_size=batch_size,
-                         threads=threads, force=force, progress=progress_for(quiet), chunk_rows=chunk_rows)
+                         threads=threads, force=force, update=update, shard=shard, progress=progress_for(quiet),
+                         chunk_rows=chunk_rows)
     click.echo(result.summary())
+
+
+@cli.command("merge-caches")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The cache to write.")
+@quiet_option
+@user_errors
+def merge_caches_cmd(shards, out, quiet):
+    """Merge the shards of `build-cache --shard I/N` into one cache (identical to a single build)."""
+    from .build import merge_caches
+
+    click.echo(merge_caches(shards, out, progress=progress_for(quiet)).summary())
 
 
 @cli.command("info")
@@ -120,6 +155,19 @@ def index_build_cmd(cache_path, out, nlist, m, nbits, opq, metric, niter, seed, 
     result = build_index(cache_path, out, nlist=nlist, m=m, nbits=nbits, opq=opq, metric=metric, niter=niter,
                          seed=seed, threads=threads, progress=progress_for(quiet))
     click.echo(result.summary())
+
+
+@index_group.command("update")
+@cache_argument
+@quiet_option
+@user_errors
+def index_update_cmd(cache_path, quiet):
+    """Bring the index and the runs up to date after `build-cache --update` (it does this itself; rerun it
+    here if that was interrupted)."""
+    from .index.build import follow_update
+
+    done = follow_update(cache_path, progress=progress_for(quiet))
+    click.echo(f"updated {len(done)} file(s)" + "".join(f"\n  {p}" for p in done) if done else "nothing to update")
 
 
 @cli.command("search")
@@ -231,7 +279,9 @@ TRAIN_HELP = {
 TRAIN_FLAGS = {"train_head": ("--head/--no-head", "Train the query head."),
                "train_codebooks": ("--codebooks/--no-codebooks", "Train the index's PQ codebooks."),
                "train_coarse": ("--coarse/--no-coarse", "Train the index's coarse centroids."),
-               "train_rows": ("--train-rows/--freeze-rows", "Train the passage rows too (the paper's method).")}
+               "train_rows": ("--train-rows/--freeze-rows", "Train the passage rows too (the paper's method)."),
+               "supervised_head": ("--supervised-head/--supervised-rows-only",
+                                   "Whether the supervised loss trains the head too, or only the rows.")}
 
 
 def train_options(fn):
@@ -303,18 +353,36 @@ def runs_rm_cmd(cache_path, names):
         click.echo(f"removed {remove_run(cache_path, name)}")
 
 
+@cli.command("plot-log")
+@cache_argument
+@run_option
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write (default: the run's directory, log.png).")
+@user_errors
+def plot_log_cmd(cache_path, run, out):
+    """Plot a training run's log: losses, learning rates and the dev score on the index (needs matplotlib)."""
+    from .plot import plot_log
+    from .runs import latest_run, run_dir
+
+    name = run or latest_run(cache_path)
+    out = out or (run_dir(cache_path, name) / "log.png" if name else "log.png")
+    click.echo(f"wrote {plot_log(cache_path, out, run=name)}")
+
+
 @cli.command("export")
 @cache_argument
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Directory to create: query_encoder/ (ONNX, head folded in), embeddings.npy, ids.txt.")
 @run_option
+@click.option("--faiss", "faiss_index", is_flag=True,
+              help="Also write index.faiss: the run's IVF-PQ index for faiss (pip install 'qlite[faiss]').")
 @quiet_option
 @user_errors
-def export_cmd(cache_path, out, run, quiet):
-    """Export a run's query encoder (with its head) and the passage embeddings for serving."""
+def export_cmd(cache_path, out, run, faiss_index, quiet):
+    """Export a run's query encoder (with its head), the passage embeddings and, optionally, a faiss index."""
     from .export import export
 
-    click.echo(export(cache_path, out, run=run, progress=progress_for(quiet)).summary())
+    click.echo(export(cache_path, out, run=run, faiss_index=faiss_index, progress=progress_for(quiet)).summary())
 
 
 @cli.command("demo")

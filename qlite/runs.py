@@ -90,10 +90,13 @@ def latest_run(cache_path) -> str | None:
 
 
 def remove_run(cache_path, name) -> Path:
+    from .lock import cache_lock
+
     d = run_dir(cache_path, name)
     if not d.is_dir():
         raise QliteError(f"{d}: no such run (see `qlite info {cache_path}`)")
-    shutil.rmtree(d)
+    with cache_lock(cache_path, "qlite runs rm"):
+        shutil.rmtree(d)
     return d
 
 

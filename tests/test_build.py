@@ -114,3 +114,78 @@ def test_kill_9_then_rerun_resumes_to_identical_embeddings(tmp_path, tiny_model)
     with Cache(out) as a, Cache(clean) as b:
         assert a.complete and b.complete
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+def test_shards_merge_into_a_cache_identical_to_a_single_build(tmp_path, tiny_model):
+    from click.testing import CliRunner
+
+    from qlite.cli import cli
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", demo_docs(70))
+    single = tmp_path / "single.h5"
+    build_cache(corpus, single, model_dir=tiny_model, chunk_rows=8, batch_size=4, threads=1)
+    shards = []
+    for i in range(3):
+        out = tmp_path / f"shard{i}.h5"
+        r = CliRunner().invoke(cli, ["build-cache", str(corpus), "--model", str(tiny_model), "--shard", f"{i}/3",
+                                     "--out", str(out), "--chunk-size", "8", "--batch-size", "4", "--threads", "1",
+                                     "--quiet"])
+        assert r.exit_code == 0 and r.output.startswith(f"shard {i}/3: encoded"), r.output
+        shards.append(out)
+    assert sum(Cache(s).count for s in shards) == 70 and Cache(shards[1]).corpus_rows()[:3].tolist() == [8, 9, 10]
+    r = CliRunner().invoke(cli, ["merge-caches", *map(str, shards[:2]), "--out", str(tmp_path / "m.h5")])
+    assert r.exit_code == 1 and "missing shards: 2/3" in r.output and not (tmp_path / "m.h5").exists()
+    merged = tmp_path / "merged.h5"
+    r = CliRunner().invoke(cli, ["merge-caches", *map(str, reversed(shards)), "--out", str(merged), "--quiet"])
+    assert r.exit_code == 0, r.output
+    with Cache(merged) as m, Cache(single) as s:
+        assert m.complete and m.count == 70
+        np.testing.assert_array_equal(m.embeddings, s.embeddings)  # bit for bit: the same chunks, the same batches
+        np.testing.assert_array_equal(m.ids, s.ids)
+        np.testing.assert_array_equal(m.text_hashes(), s.text_hashes())
+        assert m.snippets([3, 60]) == s.snippets([3, 60])
+        assert m.attrs["corpus_sha256"] == s.attrs["corpus_sha256"]
+
+
+def test_update_encodes_only_changed_passages_and_brings_index_and_runs_along(tmp_path, tiny_model):
+    from qlite.index.build import build_index, open_index
+    from qlite.runs import open_retriever
+    from qlite.search import search
+    from qlite.train.config import TrainConfig
+    from qlite.train.trainer import train
+
+    docs = demo_docs(60)
+    v1 = write_jsonl(tmp_path / "v1.jsonl", docs[:50])
+    cache = tmp_path / "c.h5"
+    build_cache(v1, cache, model_dir=tiny_model, chunk_rows=16, threads=1)
+    build_index(cache, nlist=4, m=8, nbits=5, opq=False, threads=1)
+    train(cache, config=TrainConfig(steps=4, batch_size=8, k=10, teacher_k=5, pseudo_queries=20), run="r",
+          threads=1)
+    old_index = open_index(Cache(cache))
+    old_rows = {Cache(cache).id_of(i): i for i in range(50)}
+    # v2: passages 3 and 7 edited, 10-12 removed, 50-59 added, the rest unchanged (and re-ordered a little)
+    v2_docs = [({**d, "text": d["text"] + " (revised)"} if i in (3, 7) else d) for i, d in enumerate(docs[:50])
+               if i not in (10, 11, 12)] + docs[50:]
+    v2_docs[0], v2_docs[1] = v2_docs[1], v2_docs[0]
+    v2 = write_jsonl(tmp_path / "v2.jsonl", v2_docs)
+    res = build_cache(v2, cache, model_dir=tiny_model, update=True, threads=1)
+    assert res.changes == {"unchanged": 45, "edited": 2, "added": 10, "removed": 3} and res.encoded == 12
+    assert "updated: 45 unchanged, 2 edited, 10 added, 3 removed" in res.summary()
+    fresh = tmp_path / "fresh.h5"
+    build_cache(v2, fresh, model_dir=tiny_model, chunk_rows=16, threads=1)
+    with Cache(cache) as c, Cache(fresh) as f:
+        np.testing.assert_array_equal(c.ids, f.ids)
+        np.testing.assert_allclose(c.embeddings, f.embeddings, atol=1e-6)  # encoded in other batches: ~1 ulp
+        assert c.attrs["corpus_sha256"] == f.attrs["corpus_sha256"] and c.complete
+        assert c.snippets(range(57)) == f.snippets(range(57))
+        unchanged = [i for i, d in enumerate(v2_docs) if d["_id"] in old_rows and "(revised)" not in d["text"]]
+        index = open_index(c)  # the base index followed: unchanged passages kept their codes
+        np.testing.assert_array_equal(index.codes_of(unchanged),
+                                      old_index.codes_of([old_rows[v2_docs[i]["_id"]] for i in unchanged]))
+        assert index.ntotal == 57
+        run = open_retriever(c, "r")  # so did the run
+        assert run.index.ntotal == 57
+    hits = search(cache, {"q": docs[55]["text"]}, k=3, run="r", threads=1)["q"]
+    assert len(hits) == 3
+    again = build_cache(v2, cache, model_dir=tiny_model, update=True, threads=1)
+    assert again.already_complete

@@ -267,3 +267,44 @@ def test_cli_train_info_runs_and_eval_all(title_task):
     r = CliRunner().invoke(cli, ["runs", "rm", str(path), "mine"])
     assert r.exit_code == 0 and "removed" in r.output
     assert list_runs(path) == []
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_export_faiss_gives_the_same_top_k_as_qlite(title_task, tmp_path, nbits):
+    faiss = pytest.importorskip("faiss")
+    from qlite.encoder.queries import query_encoder
+    from qlite.export import export
+
+    path = fresh_copy(title_task, f"faiss{nbits}")
+    build_index(path, nlist=8, m=8, nbits=nbits, threads=1)  # OPQ on: the rotation goes into the faiss chain
+    train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(
+        supervised=1.0, batch_size=16, k=20, teacher_k=10, steps=16, eval_every=0.5, nprobe=2, head_lr=1e-2,
+        pseudo_queries=16), threads=1)
+    export(path, tmp_path / "served", faiss_index=True)
+    index = faiss.read_index(str(tmp_path / "served" / "index.faiss"))
+    with Cache(path) as c:
+        retriever = open_retriever(c)
+        texts = [d["title"] for d in demo_docs()[:100]]
+        q = retriever.apply_head(query_encoder(c, threads=1).encode(texts))  # what the exported encoder gives
+        for nprobe in (2, 8):
+            faiss.extract_index_ivf(index).nprobe = nprobe
+            _, got = index.search(q, 10)
+            _, want = retriever.index.search(q, 10, nprobe=nprobe)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_plot_log_writes_a_png(title_task, tmp_path):
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+
+    from qlite.cli import cli
+
+    path = fresh_copy(title_task, "plot")
+    train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(
+        batch_size=16, k=20, teacher_k=10, steps=24, eval_every=0.5, nprobe=2, pseudo_queries=16), run="p",
+        threads=1)
+    r = CliRunner().invoke(cli, ["plot-log", str(path), "--out", str(tmp_path / "log.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(cli, ["plot-log", str(path), "--run", "nope"])
+    assert r.exit_code == 1 and "no training log" in r.output

@@ -12,8 +12,8 @@ def step_loss64(q, head, rotation, rows, lists, codes, coarse, codebooks, target
     tau_s, tau_t, tau_sup = taus
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     q, head, rotation, rows, coarse, codebooks = map(f64, (q, head, rotation, rows, coarse, codebooks))
-    B, C = len(q), len(rows)
-    M, _, dsub = codebooks.shape
+    B = len(q)
+    M = codebooks.shape[0]
     h = np.hstack([q, np.ones((B, 1))]) @ head
     u = h @ rotation
     xhat = coarse[lists] + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)

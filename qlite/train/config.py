@@ -21,6 +21,7 @@ class TrainConfig:
     # the losses: distillation from flat search (every query) and cross-entropy on labelled positives
     distill: float = 1.0
     supervised: float = 0.0
+    supervised_head: bool = True  # the supervised loss trains the head too (else only the rows, if trained)
     tau: float = 0.05  # student (quantized) softmax temperature
     tau_teacher: float = 0.05
     tau_supervised: float = 0.05

@@ -169,7 +169,7 @@ def sgd_rows_in_radius(rows, grads, origin, lr, radius):
 
 
 def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_weight, sup_weight,
-                   tau_s, tau_t, tau_sup, teacher_head=True):
+                   tau_s, tau_t, tau_sup, teacher_head=True, supervised_head=True):
     """Loss and gradients of one step over a shared candidate set.
 
     q [B, d] float32: the encoder's query embeddings.  head [d + 1, d]: h = [q, 1] @ head.
@@ -177,6 +177,7 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     float embeddings; lists [C], codes [C, M]: where the index stores them; coarse [nlist, d] and
     codebooks [M, ksub, dsub]: the index's learned parameters (rotated space).  The teacher is the float
     score with the current head (``teacher_head``) or without any head (the untrained flat search).
+    ``supervised_head`` False keeps the supervised loss's gradient away from the head (it trains rows only).
 
     Returns (kl, sup, grads) with kl and sup the mean losses and grads a dict of float32 arrays:
     ``head`` [d + 1, d], ``coarse`` [nlist, d] and ``codebooks`` (zero where no candidate used them),
@@ -191,7 +192,9 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     t = f if teacher_head else q @ rows.T
     kl, sup, g_s, g_f = softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup)
     grad_u = g_s @ xhat
-    grad_h = (grad_u @ rotation.T if rotation is not None else grad_u) + g_f @ rows
+    grad_h = grad_u @ rotation.T if rotation is not None else grad_u
+    if supervised_head:  # else the labels reach the rows only
+        grad_h = grad_h + g_f @ rows
     grad_coarse = np.zeros_like(coarse)
     grad_codebooks = np.zeros_like(codebooks)
     scatter_adc_grads(np.ascontiguousarray(g_s.T @ u), lists, codes, grad_coarse, grad_codebooks)

@@ -12,13 +12,13 @@ With rows frozen (the default) the class is a thin reader of the cache.
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
 
-from ..atomic import fsync_path
 from .kernels import sgd_rows_in_radius
 
 OVERLAY_ROWS = 65536  # changed rows held in memory between checkpoints (a checkpoint is forced when full)
@@ -41,12 +41,33 @@ def gather_rows(rows, slot_of_row, changed, overlay, trained, base):
     return out
 
 
-def _sparse_file(path: Path, shape) -> np.memmap:
-    """A float32 [N, d] memmap; created sparse (no disk blocks until written)."""
-    if not path.is_file():
-        with open(path, "wb") as f:
-            f.truncate(int(np.prod(shape)) * 4)
-    return np.memmap(path, np.float32, "r+", shape=shape)
+class SparseRows:
+    """A float32 [N, d] file, sparse on disk (blocks exist only for rows written).  Read through a memmap;
+    written with pwrite, so a full disk raises an error instead of killing the process (a memmap write
+    into a hole that cannot be allocated is a SIGBUS)."""
+
+    def __init__(self, path: Path, shape):
+        if not path.is_file():
+            with open(path, "wb") as f:
+                f.truncate(int(np.prod(shape)) * 4)
+        self.path, self.row_bytes = path, shape[1] * 4
+        self.view = np.memmap(path, np.float32, "r", shape=shape)
+        self.fd = os.open(path, os.O_RDWR)
+
+    def __getitem__(self, rows):
+        return self.view[rows]
+
+    def write(self, rows, vectors):
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        for r, v in zip(rows.tolist(), vectors):
+            os.pwrite(self.fd, v.tobytes(), r * self.row_bytes)
+
+    def sync(self):
+        os.fsync(self.fd)
+
+    def close(self):
+        os.close(self.fd)
+        self.view = None
 
 
 class Rows:
@@ -59,8 +80,8 @@ class Rows:
         for name in ("rows_changed", "rows_stale", "rows_since_best", "rows_at_best", "rows_coded"):
             if getattr(state, name) is None:
                 setattr(state, name, np.zeros(n, bool))
-        self.trained = _sparse_file(self.dir / "rows.f32", (n, d))
-        self.best = _sparse_file(self.dir / "best.f32", (n, d))
+        self.trained = SparseRows(self.dir / "rows.f32", (n, d))
+        self.best = SparseRows(self.dir / "best.f32", (n, d))
         self.slot_of_row = np.full(n, -1, np.int64)
         self.overlay_rows = np.empty(OVERLAY_ROWS, np.int64)
         self.overlay = np.empty((OVERLAY_ROWS, d), np.float32)  # pages are touched only as slots fill
@@ -72,7 +93,7 @@ class Rows:
         rows = np.asarray(rows, np.int64)
         if not self.train:
             return np.asarray(self.base[rows], np.float32)
-        return gather_rows(rows, self.slot_of_row, self.state.rows_changed, self.overlay, self.trained, self.base)
+        return gather_rows(rows, self.slot_of_row, self.state.rows_changed, self.overlay, self.trained.view, self.base)
 
     def room_for(self, n_rows) -> bool:
         return self.size + n_rows <= OVERLAY_ROWS
@@ -112,8 +133,7 @@ class Rows:
         rows = np.flatnonzero(st.rows_since_best)
         for s in range(0, len(rows), OVERLAY_ROWS):
             part = rows[s:s + OVERLAY_ROWS]
-            self.best[part] = self.gather(part)
-        self.best.flush()
+            self.best.write(part, self.gather(part))
         st.rows_since_best[:] = False
         st.rows_at_best = st.rows_changed.copy()
 
@@ -145,19 +165,13 @@ class Rows:
         st.journal_vectors = self.overlay[:self.size][order]
         coded = np.flatnonzero(st.rows_coded)
         st.coded_lists, st.coded_codes = index.row_list[coded], index.codes_of(coded)
-        self.best.flush()
-        fsync_path(self.dir / "best.f32")
+        self.best.sync()
         save(self.wait_for_sync)  # the previous journal's rows must be on disk before it is replaced
-        self._apply(st.journal_rows, st.journal_vectors)
-        self._sync = threading.Thread(target=fsync_path, args=(self.dir / "rows.f32",), daemon=True)
+        self.trained.write(st.journal_rows, st.journal_vectors)
+        self._sync = threading.Thread(target=self.trained.sync, daemon=True)  # fsync releases the GIL
         self._sync.start()
         self.slot_of_row[self.overlay_rows[:self.size]] = -1
         self.size = 0
-
-    def _apply(self, rows, vectors):
-        if len(rows):
-            self.trained[rows] = vectors
-        self.trained.flush()
 
     def wait_for_sync(self):
         if self._sync is not None:
@@ -170,8 +184,8 @@ class Rows:
             return
         st = self.state
         if st.journal_rows is not None:
-            self._apply(st.journal_rows, st.journal_vectors)
-            fsync_path(self.dir / "rows.f32")
+            self.trained.write(st.journal_rows, st.journal_vectors)
+            self.trained.sync()
         coded = np.flatnonzero(st.rows_coded)
         if len(coded):
             index.assign(coded, st.coded_lists, st.coded_codes)
@@ -179,4 +193,5 @@ class Rows:
     def close(self):
         if self.train:
             self.wait_for_sync()
-            self.trained = self.best = None
+            self.trained.close()
+            self.best.close()

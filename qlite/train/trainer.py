@@ -29,6 +29,8 @@ import numpy as np
 
 from ..cache import Cache
 from ..errors import QliteError
+from ..lock import cache_lock
+from ..index.ivfpq import one_blas_thread
 from ..metrics import evaluate_run
 from ..progress import SILENT, Progress
 from ..runs import check_name, read_meta, run_dir, write_run
@@ -140,7 +142,8 @@ class Trainer:
         sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
         kl, sup, grads = step_gradients(q, st.head, self.index.rotation, rows, lists, codes, st.coarse, st.codebooks,
                                         cand.target, cand.mask, kl_w, sup_w, cfg.tau, cfg.tau_teacher,
-                                        cfg.tau_supervised, teacher_head=cfg.supervised > 0)
+                                        cfg.tau_supervised, teacher_head=cfg.supervised > 0,
+                                        supervised_head=cfg.supervised_head)
         t4 = time.perf_counter()
         st.adam_step += 1
         for name, on, lr in (("head", cfg.train_head, cfg.head_lr), ("coarse", cfg.train_coarse, cfg.lr),
@@ -201,6 +204,12 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self):
+        # a step's products are small (B = 64 rows): one BLAS thread runs them without the wake-up and spin
+        # costs of a thread team that Numba's threads compete with (10x slower on a busy 2-core machine)
+        with one_blas_thread():
+            self._run()
+
+    def _run(self):
         cfg, st = self.cfg, self.state
         with self.progress.stage("training", self.total, done=st.step) as bar:
             t_last, s_last = time.perf_counter(), st.step
@@ -287,10 +296,15 @@ def train(cache_path, queries_path=None, qrels_path=None, dev_qrels_path=None, c
           run: str | None = None, threads=None, progress: Progress = SILENT) -> TrainResult:
     """Train a run of ``cache_path``; see the module docstring.  Rerunning the same call after a crash resumes
     it and ends bit for bit where an uninterrupted run ends; rerunning a finished run does nothing."""
-    from ..index.build import base_index_identity, build_index, cache_identity, open_index
-
     cfg = (config or TrainConfig()).validate()
     set_threads(threads)
+    with cache_lock(cache_path, "qlite train"):
+        return _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threads, progress)
+
+
+def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threads, progress) -> TrainResult:
+    from ..index.build import base_index_identity, build_index, cache_identity, open_index
+
     cache = Cache(cache_path).require_complete()
     name = check_name(run or cfg.run_name())
     workdir = run_dir(cache.path, name)
