@@ -175,8 +175,8 @@ def index_update_cmd(cache_path, quiet):
 @click.argument("text", required=False)
 @click.option("--queries", type=click.Path(dir_okay=False), default=None, help="BEIR queries.jsonl[.gz] to run.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
-@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Inverted lists scanned per query.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="Inverted lists scanned per query (default: enough for ~4,096 codes, at least 16).")
 @click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rescore this many IVF-PQ candidates exactly from the float embeddings.")
 @click.option("--flat", is_flag=True, help="Exact search over the float embeddings instead of the index.")
@@ -223,8 +223,8 @@ def search_cmd(cache_path, text, queries, k, nprobe, rerank, flat, run, index_pa
                    "or comma-separated names.")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
               help="Index file for the untrained state (default: CACHE's own, if built).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Inverted lists scanned per query.")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="Inverted lists scanned per query (default: enough for ~4,096 codes, at least 16).")
 @click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rescore this many IVF-PQ candidates exactly from the float embeddings.")
 @click.option("--per-query", "per_query", type=click.Path(dir_okay=False), default=None,
@@ -268,7 +268,7 @@ TRAIN_HELP = {
     "rows_radius": "How far (L2) a trained row may move from the encoder's embedding.",
     "warmup": "Warm-up fraction of the steps.",
     "clip": "Max gradient norm of each parameter array.",
-    "nprobe": "Inverted lists probed when mining candidates and scoring dev.",
+    "nprobe": "Inverted lists probed when mining candidates and scoring dev (0: the index's default).",
     "refresh_every": "Steps between re-encoding trained rows into the index (with --train-rows).",
     "eval_every": "Epochs between dev evaluations on the index.",
     "patience": "Epochs without a better dev score before stopping (after warm-up).",

@@ -72,7 +72,7 @@ def run_names(cache: Cache, runs) -> list:
 
 
 def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, *, runs=None, threads=None,
-             model_dir=None, batch_size=64, index_path=None, nprobe=16, rerank=0, flat=True) -> EvalReport:
+             model_dir=None, batch_size=64, index_path=None, nprobe=None, rerank=0, flat=True) -> EvalReport:
     """Flat search and (when an index exists) IVF-PQ search of every judged query, per run."""
     metrics = tuple(metrics)
     set_threads(threads)
@@ -101,7 +101,8 @@ def evaluate(cache_path, queries_path, qrels_path, metrics=DEFAULT_METRICS, *, r
             _, rows = index.search(qh, depth, nprobe=nprobe, rerank=rerank, source=retriever.embeddings)
             p = index.params
             name_ = (f"ivfpq nlist={p.nlist} m={p.m}x{p.nbits}{' opq' if p.opq else ''} "
-                     f"nprobe={min(nprobe, p.nlist)}" + (f" rerank={rerank}" if rerank else ""))
+                     f"nprobe={index.default_nprobe() if nprobe is None else min(nprobe, p.nlist)}"
+                     + (f" rerank={rerank}" if rerank else ""))
             add(name_, rows)
     return report
 

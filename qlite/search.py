@@ -38,7 +38,7 @@ class Searcher:
         self.encoder = query_encoder(self.cache, threads)
         self.flat = flat
 
-    def search(self, queries: dict[str, str], k=10, nprobe=16, rerank=0) -> dict[str, list[Hit]]:
+    def search(self, queries: dict[str, str], k=10, nprobe=None, rerank=0) -> dict[str, list[Hit]]:
         """{query id: [Hit, ...]} best first."""
         if k <= 0:
             raise QliteError(f"k must be positive (got {k})")
@@ -54,7 +54,7 @@ class Searcher:
                 for qid, srow, rrow in zip(qids, scores, rows)}
 
 
-def search(cache_path, queries: dict[str, str], k=10, nprobe=16, rerank=0, flat=False, threads=None,
+def search(cache_path, queries: dict[str, str], k=10, nprobe=None, rerank=0, flat=False, threads=None,
            index_path=None, run=None) -> dict[str, list[Hit]]:
     """One-shot search: {query id: [Hit, ...]} best first."""
     return Searcher(cache_path, run, index_path, threads, flat).search(queries, k, nprobe, rerank)

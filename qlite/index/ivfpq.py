@@ -29,6 +29,7 @@ from .scan import (counting_sort_lists, exact_scores, merge_parts, merge_parts_s
                    select_probes, select_probes_serial)
 
 ADD_BLOCK = 65536
+SCAN_CODES = 4096  # codes a query scans by default (see IVFPQIndex.default_nprobe)
 # queries searched per pass: bounds the tables (M x ksub floats each) and the per-thread heaps
 SEARCH_MEMORY_BYTES = 64 << 20
 # below this many queries the probe selection and heap merge run without a parallel region
@@ -279,15 +280,28 @@ class IVFPQIndex:
         select = select_probes_serial if len(q_rot) < SERIAL_BELOW else select_probes
         return select(dots, c_norms, q_scale, q_norms2, l2, nprobe)
 
-    def search(self, queries, k, nprobe=16, rerank=0, source=None, rescore=None):
+    def default_nprobe(self) -> int:
+        """Lists to probe when none is given: enough to scan about ``SCAN_CODES`` codes per query, at least 16.
+
+        Small indexes are then searched almost exhaustively (on SciFact's cold dev splits nprobe 16 of 128
+        lost 2.5 nDCG@10 points to probing, half the lists lost nothing), while a large one scans a fixed
+        budget: at 1M vectors and nlist 4096 this is nprobe 17.
+        """
+        n = max(1, len(self.row_list))
+        return int(min(self.params.nlist, max(16, math.ceil(self.params.nlist * SCAN_CODES / n))))
+
+    def search(self, queries, k, nprobe=None, rerank=0, source=None, rescore=None):
         """(scores [nq, k], rows [nq, k]) best first; rows are cache rows (-1 pads short lists).
 
+        ``nprobe`` None: ``default_nprobe()``.
         ``rerank`` > 0 rescores that many ADC candidates exactly from ``source`` (the float cache).
         With nbits <= 4 the fast-scan keeps ``rescore`` candidates per query (default max(4 k, rerank))
         by quantised score and scores them with the float tables, so scores are float ADC scores.
         """
         if k <= 0:
             raise QliteError(f"-k must be positive (got {k})")
+        if nprobe is None:
+            nprobe = self.default_nprobe()
         if nprobe <= 0:
             raise QliteError(f"--nprobe must be positive (got {nprobe})")
         if not self.is_trained:

@@ -31,7 +31,7 @@ class TrainConfig:
     k: int = 100
     teacher_k: int = 50
     budget: int = 0  # cap on candidates per step (0: no cap)
-    nprobe: int = 16
+    nprobe: int = 0  # lists probed when mining and scoring dev (0: the index's default, see default_nprobe)
     # optimisation
     lr: float = 3e-4  # codebooks and coarse centroids (Adam)
     head_lr: float = 3e-4
@@ -50,13 +50,14 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self):
-        for name in ("batch_size", "k", "teacher_k", "nprobe", "refresh_every", "checkpoint_every"):
+        for name in ("batch_size", "k", "teacher_k", "refresh_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise QliteError(f"{_flag(name)} must be at least 1 (got {getattr(self, name)})")
         for name in ("tau", "tau_teacher", "tau_supervised", "epochs", "eval_every", "patience"):
             if not getattr(self, name) > 0:
                 raise QliteError(f"{_flag(name)} must be positive (got {getattr(self, name)})")
-        for name in ("lr", "head_lr", "rows_lr", "rows_radius", "distill", "supervised", "pseudo_queries", "budget"):
+        for name in ("lr", "head_lr", "rows_lr", "rows_radius", "distill", "supervised", "pseudo_queries", "budget",
+                     "nprobe"):
             if getattr(self, name) < 0:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:

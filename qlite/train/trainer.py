@@ -129,7 +129,7 @@ class Trainer:
         idx, pos = self.batch(st.step)
         q = self.pool.vectors[idx]
         t0 = time.perf_counter()
-        _, hits = self.index.search(self.apply_head(q), cfg.k, nprobe=cfg.nprobe)
+        _, hits = self.index.search(self.apply_head(q), cfg.k, nprobe=cfg.nprobe or None)
         t1 = time.perf_counter()
         cand = build_candidates([hits, self.pool.teacher[idx]], pos, [self.pool.positives(j) for j in idx],
                                 cfg.budget)
@@ -170,7 +170,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.rows.refresh(self.index)
         dev = self.pool.dev
-        _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe)
+        _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe or None)
         if dev.metric == "agreement@10":  # no labels: how much of flat search's top 10 the index finds
             score = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / 10 for a, b in zip(hits, dev.flat_top)]))
         else:
