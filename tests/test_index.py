@@ -306,3 +306,32 @@ def test_default_parameters():
     assert p.m == 24 and p.nlist == 128 and p.bytes_per_vector == 24  # 4 sqrt(N) = 288, capped at N / 39
     assert IVFPQParams.defaults_for(1_000_000, 384).nlist == 4096
     assert IVFPQParams.defaults_for(100, 384).nlist == 2
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_exact_scores_kernel_equals_numpy(data, l2):
+    from qlite.index.scan import exact_scores
+
+    x, q = data
+    rows = np.random.default_rng(1).integers(-1, len(x), (len(q), 30))
+    got = exact_scores(x, q, rows, l2)
+    x64, q64 = x.astype(np.float64)[rows], q.astype(np.float64)[:, None, :]
+    want = -((x64 - q64) ** 2).sum(-1) if l2 else (x64 * q64).sum(-1)
+    want[rows < 0] = -np.inf
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.isneginf(got[rows < 0]).all()
+
+
+def test_best_k_kernel_equals_numpy_lexsort():
+    from qlite.index.scan import best_k
+
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 5, (20, 50)).astype(np.float32)  # many ties: broken by the lower row
+    rows = rng.permutation(2000)[:1000].reshape(20, 50)
+    rows[:, ::7] = -1
+    s, r = best_k(scores, rows, 12)
+    for i in range(20):
+        keep = rows[i] >= 0
+        order = np.lexsort((rows[i][keep], -scores[i][keep]))[:12]
+        np.testing.assert_array_equal(r[i], rows[i][keep][order])
+        np.testing.assert_array_equal(s[i], scores[i][keep][order])

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .layout import BLOCK, get_nibble
-from .scan import _worse, heap_offer, heap_sort_desc, l2_list_term, l2_list_terms
+from .scan import _worse, heap_offer, heap_sort_desc, l2_list_term, l2_list_terms, nth_best, reservoir_add
 from .simd import HAS_AVX2, nibble_block_sums_avx2
 
 
@@ -164,40 +164,6 @@ def sum_threshold(worst, start, inv):
     return s
 
 
-@njit(cache=True)
-def nth_best(bs, br, n, nth):
-    """Reorder bs/br[:n] so that position ``nth`` holds what a full sort (higher score first, then lower
-    row) would put there, with every better entry before it (quickselect, median-of-three pivot)."""
-    lo, hi = 0, n
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        # median of three as pivot, moved to hi - 1
-        a, b, c = lo, mid, hi - 1
-        if _worse(bs[a], br[a], bs[b], br[b]):
-            a, b = b, a
-        if _worse(bs[b], br[b], bs[c], br[c]):
-            b, c = c, b
-            if _worse(bs[a], br[a], bs[b], br[b]):
-                a, b = b, a
-        bs[b], bs[hi - 1] = bs[hi - 1], bs[b]
-        br[b], br[hi - 1] = br[hi - 1], br[b]
-        ps, pr = bs[hi - 1], br[hi - 1]
-        store = lo
-        for i in range(lo, hi - 1):
-            if _worse(ps, pr, bs[i], br[i]):
-                bs[i], bs[store] = bs[store], bs[i]
-                br[i], br[store] = br[store], br[i]
-                store += 1
-        bs[store], bs[hi - 1] = bs[hi - 1], bs[store]
-        br[store], br[hi - 1] = br[hi - 1], br[store]
-        if store == nth:
-            return
-        if store < nth:
-            lo = store + 1
-        else:
-            hi = store
-
-
 # -- scan -----------------------------------------------------------------------------------------
 @njit(inline="always")
 def _pair_table(lut, qi, qluts, qbias, qinv, qmax, l2, term, table, qlocal):
@@ -230,14 +196,7 @@ def _scan_blocks(simd, codes, b0, b1, end_slot, qt, start, inv, list_rows, sums,
                 s = start + np.float32(sums[j]) * inv
                 r = list_rows[first_slot + j]
                 if _worse(ws, wr, s, r):
-                    rs[size] = s
-                    rr[size] = r
-                    size += 1
-                    if size == rs.shape[0]:
-                        nth_best(rs, rr, size, n_cand - 1)
-                        size = n_cand
-                        ws = rs[n_cand - 1]
-                        wr = rr[n_cand - 1]
+                    size, ws, wr = reservoir_add(rs, rr, size, s, r, n_cand, ws, wr)
     return size, ws, wr
 
 

@@ -25,7 +25,7 @@ from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
-from .scan import (counting_sort_lists, exact_scores, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
+from .scan import (best_k, counting_sort_lists, exact_scores, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
                    select_probes, select_probes_serial)
 
 ADD_BLOCK = 65536
@@ -312,18 +312,19 @@ class IVFPQIndex:
             depth = max(k, rerank)
             nparts = numba.get_num_threads()
             n_cand = max(depth, rescore if rescore else 4 * k) if self.params.nibbles else depth
-            per_query = self.params.m * self.pq.ksub * 4 + nparts * n_cand * 24
+            per_query = self.params.m * self.pq.ksub * 4 + (nparts + 1) * n_cand * 24
             chunk = max(1, SEARCH_MEMORY_BYTES // per_query)
             scores = np.empty((len(q), depth), np.float32)
             rows = np.empty((len(q), depth), np.int64)
+            exact = bool(rerank) and source is not None
             for s in range(0, len(q), chunk):
                 scores[s:s + chunk], rows[s:s + chunk] = self._search_chunk(q[s:s + chunk], depth, n_cand, nprobe,
-                                                                            nparts)
-            if rerank and source is not None:
-                scores, rows = rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric)
+                                                                            nparts, not exact)
+            if exact:
+                return rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric, k)
         return scores[:, :k], rows[:, :k]
 
-    def _search_chunk(self, q, depth, n_cand, nprobe, nparts):
+    def _search_chunk(self, q, depth, n_cand, nprobe, nparts, sort=True):
         l2 = self.params.metric == "l2"
         probes, base = self.probe(q, nprobe)
         lut = self.pq.lut_ip(q)
@@ -335,12 +336,14 @@ class IVFPQIndex:
         cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
         merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
         if not self.params.nibbles:
-            heap_s = np.empty((nparts, len(q), depth), np.float32)
-            heap_r = np.empty((nparts, len(q), depth), np.int64)
-            heap_n = np.zeros((nparts, len(q)), np.int64)
+            res_s = np.empty((nparts, len(q), 2 * depth), np.float32)
+            res_r = np.empty((nparts, len(q), 2 * depth), np.int64)
+            res_n = np.zeros((nparts, len(q)), np.int64)
+            thr_s = np.full((nparts, len(q)), -np.inf, np.float32)
+            thr_r = np.zeros((nparts, len(q)), np.int64)
             scan_bytes(lut, base, probes, pair_offsets, pairs, plan, self.block_offsets, self.list_sizes, self.codes,
-                       self.list_rows, l2, self.coarse, cb, cb_norms, heap_s, heap_r, heap_n)
-            return merge(heap_s, heap_r, heap_n, depth)
+                       self.list_rows, l2, self.coarse, cb, cb_norms, depth, res_s, res_r, res_n, thr_s, thr_r)
+            return merge(res_s, res_r, res_n, depth, sort)
         qmax = fastscan.quantizer_max(self.params.m)
         if l2:  # quantised per (query, list) inside the scan
             qluts, qbias, qinv = np.empty((0, 0, 32), np.uint8), np.empty(0, np.float32), np.empty(0, np.float32)
@@ -363,7 +366,9 @@ class IVFPQIndex:
         fastscan.scan_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets, pairs, plan,
                               self.block_offsets, self.list_sizes, self.codes, self.list_rows, l2, self.coarse, cb,
                               cb_norms, n_cand, seeded, res_s, res_r, res_n, thr_s, thr_r)
-        _, cand_rows = merge(res_s, res_r, res_n, n_cand)
+        cand_s, cand_rows = merge(res_s, res_r, res_n, n_cand, False)
+        if not sort and n_cand == depth:
+            return cand_s, cand_rows  # exact re-ranking of them all follows: float scores would change nothing
         return fastscan.rescore(cand_rows, lut, base, probes, self.row_list, self.row_slot, self.codes, l2,
                                 self.coarse, cb, cb_norms, depth)
 
@@ -371,11 +376,13 @@ class IVFPQIndex:
         return asdict(self.params)
 
 
-def rerank_exact(source, queries, rows, metric="ip"):
-    """Exact scores of candidate rows [nq, R] (-1 = none) read from the float cache, re-sorted (best first)."""
+def rerank_exact(source, queries, rows, metric="ip", k=None):
+    """Exact scores of candidate rows [nq, R] (-1 = none) read from the float cache: the best k (default R)
+    of each query, best first, as (scores [nq, k], rows [nq, k])."""
     q = np.ascontiguousarray(queries, np.float32)
+    rows = np.ascontiguousarray(rows, np.int64)
     if isinstance(source, np.ndarray) and source.dtype == np.float32 and source.flags.c_contiguous:
-        scores = exact_scores(source, q, np.ascontiguousarray(rows, np.int64), metric == "l2")
+        scores = exact_scores(source, q, rows, metric == "l2")
     else:  # any other array-like: gather the candidates (in file order) and score them with NumPy
         scores = np.full(rows.shape, -np.inf, np.float32)
         for i in range(len(rows)):
@@ -385,5 +392,4 @@ def rerank_exact(source, queries, rows, metric="ip"):
             vecs = np.empty((len(cand), q.shape[1]), np.float32)
             vecs[order] = source[cand[order]]
             scores[i][valid] = vecs @ q[i] if metric == "ip" else -((vecs - q[i]) ** 2).sum(1)
-    order = np.lexsort((rows, -scores), axis=1)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    return best_k(scores, rows, rows.shape[1] if k is None else k)

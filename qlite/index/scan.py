@@ -16,7 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from .layout import BLOCK
+from .simd import prefetch
 
+PREFETCH_ROWS = 2  # exact_scores fetches the row this many candidates ahead
 MIN_PIECE_BLOCKS = 4
 MAX_PIECE_BLOCKS = 256
 
@@ -81,19 +83,53 @@ def heap_sort_desc(hs, hr, size):
         hr[i] = -1
 
 
+@njit(cache=True)
+def nth_best(bs, br, n, nth):
+    """Reorder bs/br[:n] so that position ``nth`` holds what a full sort (higher score first, then lower
+    row) would put there, with every better entry before it (quickselect, median-of-three pivot)."""
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        # median of three as pivot, moved to hi - 1
+        a, b, c = lo, mid, hi - 1
+        if _worse(bs[a], br[a], bs[b], br[b]):
+            a, b = b, a
+        if _worse(bs[b], br[b], bs[c], br[c]):
+            b, c = c, b
+            if _worse(bs[a], br[a], bs[b], br[b]):
+                a, b = b, a
+        bs[b], bs[hi - 1] = bs[hi - 1], bs[b]
+        br[b], br[hi - 1] = br[hi - 1], br[b]
+        ps, pr = bs[hi - 1], br[hi - 1]
+        store = lo
+        for i in range(lo, hi - 1):
+            if _worse(ps, pr, bs[i], br[i]):
+                bs[i], bs[store] = bs[store], bs[i]
+                br[i], br[store] = br[store], br[i]
+                store += 1
+        bs[store], bs[hi - 1] = bs[hi - 1], bs[store]
+        br[store], br[hi - 1] = br[hi - 1], br[store]
+        if store == nth:
+            return
+        if store < nth:
+            lo = store + 1
+        else:
+            hi = store
+
+
 @njit(inline="always")
-def offer_block(hs, hr, size, acc, list_rows, first_slot, nvalid):
-    """Offer the first ``nvalid`` scores of a block; most lose to the heap's worst on score alone."""
-    k = hs.shape[0]
-    for j in range(nvalid):
-        s = acc[j]
-        if size < k:
-            size = heap_offer(hs, hr, size, s, list_rows[first_slot + j])
-        elif s >= hs[0]:
-            r = list_rows[first_slot + j]
-            if _worse(hs[0], hr[0], s, r):
-                size = heap_offer(hs, hr, size, s, r)
-    return size
+def reservoir_add(rs, rr, size, s, r, keep, ws, wr):
+    """Append (s, r) to a reservoir of capacity len(rs); when full, keep the best ``keep`` and make the
+    worst of them the new threshold.  Returns (size, threshold score, threshold row)."""
+    rs[size] = s
+    rr[size] = r
+    size += 1
+    if size == rs.shape[0]:
+        nth_best(rs, rr, size, keep - 1)
+        size = keep
+        ws = rs[keep - 1]
+        wr = rr[keep - 1]
+    return size, ws, wr
 
 
 # -- probing ------------------------------------------------------------------------------------
@@ -151,6 +187,7 @@ def exact_scores(source, queries, rows, l2):
     source [N, d] (a memmap of the float cache is fine); -inf where the row is -1.
 
     Summed in 16 interleaved float32 lanes (vectorisable) combined in a fixed order: deterministic.
+    Rows are random reads: each is prefetched two candidates ahead (measured 1.4x on 1M rows).
     """
     nq, R = rows.shape
     d = queries.shape[1]
@@ -158,6 +195,9 @@ def exact_scores(source, queries, rows, l2):
     for i in prange(nq):
         lanes = np.empty(16, np.float32)
         for c in range(R):
+            if c + PREFETCH_ROWS < R and rows[i, c + PREFETCH_ROWS] >= 0:
+                for t in range(0, d, 16):
+                    prefetch(source, rows[i, c + PREFETCH_ROWS], t)
             r = rows[i, c]
             if r < 0:
                 out[i, c] = -np.inf
@@ -181,6 +221,24 @@ def exact_scores(source, queries, rows, l2):
                     acc += source[r, t] * queries[i, t]
             out[i, c] = -acc if l2 else acc
     return out
+
+
+@njit(parallel=True, cache=True)
+def best_k(scores, rows, k):
+    """Each query's best k of (scores, rows) [nq, R] (rows -1 ignored), best first: [nq, k] each."""
+    nq, R = rows.shape
+    out_s = np.empty((nq, k), np.float32)
+    out_r = np.empty((nq, k), np.int64)
+    for qi in prange(nq):
+        hs = out_s[qi]
+        hr = out_r[qi]
+        size = 0
+        for c in range(R):
+            r = rows[qi, c]
+            if r >= 0 and (size < k or _worse(hs[0], hr[0], scores[qi, c], r)):
+                size = heap_offer(hs, hr, size, scores[qi, c], r)
+        heap_sort_desc(hs, hr, size)
+    return out_s, out_r
 
 
 # -- planning -----------------------------------------------------------------------------------
@@ -251,37 +309,56 @@ def plan_pieces(block_offsets, pair_offsets, nparts):
 
 
 @njit(inline="always")
-def _merge_one(heap_s, heap_r, heap_n, qi, hs, hr):
+def _merge_one(heap_s, heap_r, heap_n, qi, sort, hs, hr):
+    """Query qi's best len(hs) entries over the parts, into hs / hr: sorted best first, or (``sort``
+    False: re-ranking follows, which needs only the set) in no order; (-inf, -1) pads."""
     k = hs.shape[0]
-    size = 0
+    total = 0
+    for t in range(heap_s.shape[0]):
+        total += heap_n[t, qi]
+    bs = np.empty(total, np.float32)
+    br = np.empty(total, np.int64)
+    n = 0
     for t in range(heap_s.shape[0]):
         for i in range(heap_n[t, qi]):
-            s = heap_s[t, qi, i]
-            r = heap_r[t, qi, i]
-            if size < k or _worse(hs[0], hr[0], s, r):
-                size = heap_offer(hs, hr, size, s, r)
-    heap_sort_desc(hs, hr, size)
+            bs[n] = heap_s[t, qi, i]
+            br[n] = heap_r[t, qi, i]
+            n += 1
+    if n > k:
+        nth_best(bs, br, n, k - 1)
+        n = k
+    if sort:
+        size = 0
+        for i in range(n):
+            size = heap_offer(hs, hr, size, bs[i], br[i])
+        heap_sort_desc(hs, hr, size)
+    else:
+        hs[:n] = bs[:n]
+        hr[:n] = br[:n]
+        hs[n:] = -np.inf
+        hr[n:] = -1
 
 
 @njit(parallel=True, cache=True)
-def merge_parts(heap_s, heap_r, heap_n, k):
-    """Each query's top-k over the parts' heaps [nparts, nq, depth]: (scores [nq, k], rows [nq, k])."""
+def merge_parts(heap_s, heap_r, heap_n, k, sort=True):
+    """Each query's top-k over the parts' entries [nparts, nq, capacity] (counts heap_n [nparts, nq]):
+    (scores [nq, k], rows [nq, k]), best first unless ``sort`` is False."""
     nq = heap_s.shape[1]
     out_s = np.empty((nq, k), np.float32)
     out_r = np.empty((nq, k), np.int64)
     for qi in prange(nq):
-        _merge_one(heap_s, heap_r, heap_n, qi, out_s[qi], out_r[qi])
+        _merge_one(heap_s, heap_r, heap_n, qi, sort, out_s[qi], out_r[qi])
     return out_s, out_r
 
 
 @njit(cache=True)
-def merge_parts_serial(heap_s, heap_r, heap_n, k):
+def merge_parts_serial(heap_s, heap_r, heap_n, k, sort=True):
     """merge_parts without a parallel region (small batches)."""
     nq = heap_s.shape[1]
     out_s = np.empty((nq, k), np.float32)
     out_r = np.empty((nq, k), np.int64)
     for qi in range(nq):
-        _merge_one(heap_s, heap_r, heap_n, qi, out_s[qi], out_r[qi])
+        _merge_one(heap_s, heap_r, heap_n, qi, sort, out_s[qi], out_r[qi])
     return out_s, out_r
 
 
@@ -352,16 +429,22 @@ def _touch_tables(tab):
 
 @njit(parallel=True, cache=True)
 def scan_bytes(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list_sizes, codes, list_rows,
-               l2, coarse, codebooks, cb_norms, heap_s, heap_r, heap_n):
-    """Score the probed blocks with float tables into the parts' heaps (filled in place).
+               l2, coarse, codebooks, cb_norms, depth, res_s, res_r, res_n, thr_s, thr_r):
+    """Score the probed blocks with float tables into the parts' reservoirs (filled in place).
 
     lut [nq, M, ksub] float32: inner-product tables <q_m, codeword> (times 2 for l2); base [nq, nprobe]
     float32: the per-list term (<q, c_l> for ip, -||q - c_l||^2 for l2); probes [nq, nprobe];
     pairs: (query, probe) pair ids qi * nprobe + p grouped by list (pair_offsets [nlist + 1]);
-    plan: plan_pieces' output; codes uint8 [nblocks, M, 32]; heaps [nparts, nq, depth], heap_n zeroed.
+    plan: plan_pieces' output; codes uint8 [nblocks, M, 32].
 
     Score = base + sum_m table[m, code_m], summed in m order, where table = lut[qi] for ip and
     lut[qi] - l2_list_terms(list) for l2 (so score = -||q - c - r||^2 up to rounding).
+
+    Reservoirs res_s / res_r [nparts, nq, 2 depth], counts res_n (zeroed), thresholds thr_s / thr_r
+    [nparts, nq] (-inf, any row): a code beating the threshold is appended; a full reservoir keeps its
+    best ``depth`` (nth_best) and their worst becomes the threshold.  Cheaper than a heap, whose every
+    insertion sifts, when depth is large (re-ranking 1000 candidates: 3x).  merge_parts then takes
+    the best of every part's entries.
     """
     piece_list, piece_b0, piece_b1, part_offsets, part_pieces = plan
     nprobe = probes.shape[1]
@@ -390,11 +473,21 @@ def scan_bytes(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list
                     tab = lut[qi]
                     touched[t] = _touch_tables(tab)
                 b0 = base[qi, pair % nprobe]
-                hs = heap_s[t, qi]
-                hr = heap_r[t, qi]
-                size = heap_n[t, qi]
+                rs = res_s[t, qi]
+                rr = res_r[t, qi]
+                size = res_n[t, qi]
+                ws = thr_s[t, qi]
+                wr = thr_r[t, qi]
                 for b in range(piece_b0[piece], piece_b1[piece]):
                     for j0 in range(0, BLOCK, 8):
                         _sum8(tab, codes, b, j0, b0, acc)
-                    size = offer_block(hs, hr, size, acc, list_rows, b * BLOCK, min(BLOCK, end_slot - b * BLOCK))
-                heap_n[t, qi] = size
+                    first_slot = b * BLOCK
+                    for j in range(min(BLOCK, end_slot - first_slot)):
+                        s = acc[j]
+                        if s >= ws:  # most codes lose on score alone: only then read the row
+                            r = list_rows[first_slot + j]
+                            if _worse(ws, wr, s, r):
+                                size, ws, wr = reservoir_add(rs, rr, size, s, r, depth, ws, wr)
+                res_n[t, qi] = size
+                thr_s[t, qi] = ws
+                thr_r[t, qi] = wr

@@ -1,4 +1,4 @@
-"""LLVM intrinsics reached from Numba: the AVX2 byte shuffle of the 4-bit scan.
+"""LLVM intrinsics reached from Numba: the AVX2 byte shuffle of the 4-bit scan, and a cache prefetch.
 
 Numba has no vector types, so these are written as LLVM IR with ``numba.extending.intrinsic``.
 The AVX2 kernel is compiled only when the host CPU has AVX2 (``HAS_AVX2``); callers choose between
@@ -109,5 +109,32 @@ def nibble_block_sums_avx2(typingctx, codes, b, qlut, out, threshold):
             passing = builder.bitcast(builder.icmp_unsigned(">=", lanes, thr), i16)
             mask = builder.or_(mask, builder.shl(builder.zext(passing, i32), ir.Constant(i32, 16 * h)))
         return mask
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, row, col):
+    """Hint the CPU to fetch the cache line holding array[row, col] of a 2-d array (llvm.prefetch:
+    read, keep).  Only a hint: it changes no result; targets without a prefetch instruction drop it.
+    """
+    if (not isinstance(array, types.Array) or array.ndim != 2 or not isinstance(row, types.Integer)
+            or not isinstance(col, types.Integer)):
+        return None
+    sig = types.void(array, row, col)
+
+    def codegen(context, builder, signature, args):
+        ary = cgutils.create_struct_proxy(signature.args[0])(context, builder, value=args[0])
+        strides = cgutils.unpack_tuple(builder, ary.strides, 2)
+        i64 = ir.IntType(64)
+        r, c = (builder.sext(v, i64) if v.type.width < 64 else v for v in args[1:3])
+        byte_ptr = builder.bitcast(ary.data, ir.PointerType(ir.IntType(8)))
+        ptr = builder.gep(byte_ptr, [builder.add(builder.mul(r, strides[0]), builder.mul(c, strides[1]))])
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8)), i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
 
     return sig, codegen
