@@ -222,12 +222,17 @@ def plot(runs, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    for r in runs:
-        for rerank in sorted({p["rerank"] for p in r["points"]}):
+    # one colour per system run, one line style per re-rank depth
+    reranks = sorted({p["rerank"] for r in runs for p in r["points"]})
+    styles = dict(zip(reranks, ["-", "--", ":", "-."] * 4))
+    for i, r in enumerate(runs):
+        for rerank in reranks:
             pts = sorted((p for p in r["points"] if p["rerank"] == rerank), key=lambda p: p["nprobe"])
+            if not pts:
+                continue
             label = f"{r['system']}{' OPQ' if r['opq'] else ''} {r['threads']}t" + (f", re-rank {rerank}" if rerank else "")
-            ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], marker="o", label=label,
-                    linestyle="-" if rerank == 0 else "--")
+            ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], marker="o", markersize=3, label=label,
+                    color=f"C{i % 10}", linestyle=styles[rerank])
     ax.set_yscale("log")
     ax.set_xlabel("recall@10 (against exact search)")
     ax.set_ylabel("queries per second (batch)")
@@ -261,6 +266,7 @@ def main():
                     "takes hours at 1M)")
     ap.add_argument("--plot", help="write the QPS-recall curves to this PNG (needs matplotlib)")
     ap.add_argument("--json", help="also write every run's measurements to this file")
+    ap.add_argument("--plot-from", help="only draw --plot from a --json file of an earlier run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-threads", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--query-file", help=argparse.SUPPRESS)
@@ -272,6 +278,9 @@ def main():
     if a.child:
         a.opq = a.opq == "on"
         return child(a)
+    if a.plot_from:
+        with open(a.plot_from) as f:
+            return plot(json.load(f), a.plot)
 
     from qlite.cache import Cache
     from qlite.index.flat import flat_search
