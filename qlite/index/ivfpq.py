@@ -207,7 +207,8 @@ class IVFPQIndex:
             return 0
         if rows.min() < 0 or rows.max() >= len(self.row_list):
             raise QliteError("update: row out of range")
-        new_list, new_codes = self._encode(self.rotate(vectors))
+        with one_blas_thread():  # the encode alternates a BLAS product with Numba passes
+            new_list, new_codes = self._encode(self.rotate(vectors))
         return self.assign(rows, new_list, new_codes)
 
     def remap(self, source, vectors) -> int:
@@ -252,10 +253,6 @@ class IVFPQIndex:
         if self.rotation is not None:
             recon = recon @ self.rotation.T
         return np.ascontiguousarray(recon, np.float32)
-
-    def reconstruct(self, x) -> np.ndarray:
-        """Deprecated name of :meth:`quantize` (kept until qlite/train calls ``quantize``)."""
-        return self.quantize(x)
 
     def retrain(self, source):
         self.train(source)
