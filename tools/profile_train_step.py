@@ -1,0 +1,229 @@
+"""Where a ``qlite train`` step spends its time, below ``state.timings``' phases (dev tool).
+
+    python tools/bench_train.py CACHE ... --save-pool /tmp/pool.h5     # or any run's pool.h5
+    python tools/profile_train_step.py CACHE /tmp/pool.h5 [--steps 40] [--threads 2] [--blas 1,2]
+
+Runs the real ``Trainer`` for ``--warmup`` steps, then re-times the operations of ``train_step`` one by
+one on real batches (same order and arguments as ``step_gradients`` and the Adam loop; the parameters
+are not updated while profiling): the search, the candidates, the gathers, every product and Numba
+kernel of the loss and gradients, and the norm + Adam of each parameter array.  Each line is the
+median ms over ``--steps`` batches, with the BLAS on each thread count of ``--blas`` (the trainer runs
+it on one: ``Trainer.run`` wraps training in ``one_blas_thread``).  Also times a few alternatives that
+the trainer could use (marked "alt"), for the report's suggestions.
+"""
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+
+MISMATCH = {}
+
+
+def check(name, ref, got):
+    err = float(np.abs(np.asarray(ref, np.float64) - got).max()) / (float(np.abs(ref).max()) or 1.0)
+    MISMATCH[name] = max(MISMATCH.get(name, 0.0), err)
+
+
+@njit(parallel=True, fastmath=True, cache=False)
+def alt_softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup):
+    """softmax_losses in float32 with the exponentials computed once and kept (a prototype: same outputs)."""
+    B, C = s.shape
+    kl = np.zeros(B)
+    sup = np.zeros(B)
+    g_s = np.zeros((B, C), np.float32)
+    g_f = np.zeros((B, C), np.float32)
+    its, itt, itf = np.float32(1.0 / tau_s), np.float32(1.0 / tau_t), np.float32(1.0 / tau_sup)
+    for b in prange(B):
+        if kl_weight[b] != 0.0:
+            es = np.empty(C, np.float32)
+            et = np.empty(C, np.float32)
+            ms = np.float32(-np.inf)
+            mt = np.float32(-np.inf)
+            for c in range(C):
+                ms = max(ms, s[b, c] * its)
+                mt = max(mt, t[b, c] * itt)
+            zs = np.float32(0.0)
+            zt = np.float32(0.0)
+            for c in range(C):
+                es[c] = np.exp(s[b, c] * its - ms)
+                et[c] = np.exp(t[b, c] * itt - mt)
+                zs += es[c]
+                zt += et[c]
+            lzs, lzt = np.log(zs), np.log(zt)
+            scale = np.float32(kl_weight[b] / (B * tau_s))
+            acc = np.float32(0.0)
+            for c in range(C):
+                p = et[c] / zt
+                acc += p * ((t[b, c] * itt - mt - lzt) - (s[b, c] * its - ms - lzs))
+                g = (es[c] / zs - p) * scale
+                g_s[b, c] = g if abs(g) >= 1e-30 else np.float32(0.0)
+            kl[b] = acc
+        if sup_weight[b] != 0.0:
+            tgt = target[b]
+            mx = np.float32(-np.inf)
+            for c in range(C):
+                if c == tgt or not mask[b, c]:
+                    mx = max(mx, f[b, c] * itf)
+            ef = np.empty(C, np.float32)
+            z = np.float32(0.0)
+            for c in range(C):
+                ef[c] = np.exp(f[b, c] * itf - mx) if c == tgt or not mask[b, c] else np.float32(0.0)
+                z += ef[c]
+            sup[b] = mx + np.log(z) - f[b, tgt] * itf
+            scale = np.float32(sup_weight[b] / (B * tau_sup))
+            for c in range(C):
+                g = (ef[c] / z - (np.float32(1.0) if c == tgt else np.float32(0.0))) * scale
+                g_f[b, c] = g if abs(g) >= 1e-30 else np.float32(0.0)
+    return kl, sup, g_s, g_f
+
+
+def alt_adam(params, grads, m, v, step, lr, beta1, beta2, eps):
+    """adam_dense with float32 arithmetic over threads (a prototype).  The arrays are flattened here: inside a
+    parallel kernel Numba's ravel / reshape make copies, and the update would be lost."""
+    _alt_adam(params.reshape(-1), grads.reshape(-1), m.reshape(-1), v.reshape(-1), step, lr, beta1, beta2, eps)
+
+
+@njit(parallel=True, fastmath=True, cache=False)
+def _alt_adam(fp, fg, fm, fv, step, lr, beta1, beta2, eps):
+    c1 = np.float32(1.0 - beta1 ** step)
+    c2 = np.float32(1.0 - beta2 ** step)
+    b1, b2, lr32, eps32 = np.float32(beta1), np.float32(beta2), np.float32(lr), np.float32(eps)
+    for j in prange(fp.shape[0]):
+        gj = fg[j]
+        fm[j] = b1 * fm[j] + (np.float32(1.0) - b1) * gj
+        fv[j] = b2 * fv[j] + (np.float32(1.0) - b2) * gj * gj
+        fp[j] -= lr32 * (fm[j] / c1) / (np.sqrt(fv[j] / c2) + eps32)
+
+
+def profile(tr, cfg, steps, alt):
+    from qlite.train.candidates import build_candidates
+    from qlite.train.kernels import adam_dense, reconstruct, scatter_adc_grads, softmax_losses
+
+    st, index, pool = tr.state, tr.index, tr.pool
+    times = {}
+
+    def timed(name, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        times.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    for i in range(steps):
+        idx, pos = tr.batch(st.step + 1 + i)
+        q = pool.vectors[idx]
+        h0 = timed("search: head", tr.apply_head, q)
+        _, hits = timed("search: index.search", lambda: index.search(h0, cfg.k, nprobe=cfg.nprobe or None))
+        cand = timed("candidates", lambda: build_candidates([hits, pool.teacher[idx]], pos,
+                                                            [pool.positives(j) for j in idx], cfg.budget))
+        rows = timed("gather: rows (memmap)", tr.rows.gather, cand.rows)
+        lists = timed("gather: lists", lambda: np.ascontiguousarray(index.row_list[cand.rows]))
+        codes = timed("gather: codes", index.codes_of, cand.rows)
+        R = index.rotation
+        q1 = timed("grads: [q, 1]", lambda: np.hstack([q, np.ones((len(q), 1), np.float32)]))
+        h = timed("grads: h = q1 @ head", lambda: (q1 @ st.head).astype(np.float32))
+        u = timed("grads: u = h @ R", lambda: h @ R) if R is not None else h
+        xhat = timed("grads: reconstruct xhat", reconstruct, lists, codes, st.coarse, st.codebooks)
+        s = timed("grads: s = u @ xhat.T", lambda: u @ xhat.T)
+        f = timed("grads: f = h @ rows.T", lambda: h @ rows.T)
+        t = f if cfg.supervised > 0 else timed("grads: t = q @ rows.T", lambda: q @ rows.T)
+        kl_w = np.full(len(idx), cfg.distill)
+        sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
+        kl, sup, g_s, g_f = timed("grads: softmax_losses", softmax_losses, s, f, t, cand.mask, cand.target, kl_w,
+                                  sup_w, cfg.tau, cfg.tau_teacher, cfg.tau_supervised)
+        grad_u = timed("grads: g_s @ xhat", lambda: g_s @ xhat)
+        grad_h = timed("grads: grad_u @ R.T", lambda: grad_u @ R.T) if R is not None else grad_u
+        grad_h = timed("grads: + g_f @ rows", lambda: grad_h + g_f @ rows)
+        gc = timed("grads: zeros (coarse, codebooks)", np.zeros_like, st.coarse)
+        gcb = np.zeros_like(st.codebooks)
+        gx = timed("grads: g_s.T @ u", lambda: np.ascontiguousarray(g_s.T @ u))
+        timed("grads: scatter_adc_grads", scatter_adc_grads, gx, lists, codes, gc, gcb)
+        gh = timed("grads: q1.T @ grad_h", lambda: (q1.T @ grad_h).astype(np.float32))
+        timed("grads: rows = g_f.T @ h (unused: rows frozen)", lambda: (g_f.T @ h).astype(np.float32))
+        for name, g in (("head", gh), ("coarse", gc), ("codebooks", gcb)):
+            p = getattr(st, name).copy()
+            m, v = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy()
+            timed(f"adam: norm {name}", lambda: float(np.sqrt((g.astype(np.float64) ** 2).sum())))
+            timed(f"adam: adam_dense {name}", adam_dense, p, g, m, v, st.adam_step + 1, 1e-4, 0.9, 0.999, 1e-8)
+            if alt:
+                timed(f"alt adam: float32 dot norm {name}", lambda: float(np.sqrt(np.dot(g.ravel(), g.ravel()))))
+                m2, v2, p2 = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy(), getattr(st, name).copy()
+                timed(f"alt adam: parallel float32 {name}", alt_adam, p2, g, m2, v2, st.adam_step + 1, 1e-4, 0.9,
+                      0.999, 1e-8)
+                check("alt adam", p, p2)
+        if alt:
+            out = timed("alt grads: softmax_losses float32, exps kept", alt_softmax_losses, s, f, t, cand.mask,
+                        cand.target, kl_w, sup_w, cfg.tau, cfg.tau_teacher, cfg.tau_supervised)
+            check("alt softmax g_s", g_s, out[2])
+            check("alt softmax g_f", g_f, out[3])
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cache")
+    ap.add_argument("pool", help="a pool.h5 (bench_train.py --save-pool, or a run's pool.h5)")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blas", default="1,2", help="BLAS thread counts to profile with")
+    ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE")
+    ap.add_argument("--no-alt", dest="alt", action="store_false")
+    a = ap.parse_args()
+
+    import tempfile
+
+    from threadpoolctl import threadpool_limits
+
+    from qlite.cache import Cache
+    from qlite.index.build import open_index
+    from qlite.index.ivfpq import one_blas_thread
+    from qlite.threads import set_threads
+    from qlite.train.pool import load_pool
+    from qlite.train.state import TrainState
+    from qlite.train.trainer import Trainer
+
+    import bench_train
+
+    set_threads(a.threads)
+    cache = Cache(a.cache)
+    index = open_index(cache)
+    pool = load_pool(a.pool)
+    a.steps_total = a.warmup + len(a.blas.split(",")) * a.steps
+    cfg = bench_train.config(a, steps=a.steps_total + 1)
+    d = cache.dim
+    head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
+    state = TrainState.start(head, index.coarse.astype(np.float32), index.pq.codebooks.astype(np.float32))
+    with tempfile.TemporaryDirectory() as work:
+        tr = Trainer(cache, cfg, Path(work), pool, index, state, {"name": "profile"})
+        with one_blas_thread():
+            for _ in range(a.warmup):
+                tr.train_step()
+        results = {}
+        for n in [int(x) for x in a.blas.split(",")]:
+            with threadpool_limits(limits=n, user_api="blas"):
+                results[n] = profile(tr, cfg, a.steps, a.alt)
+    keys = list(next(iter(results.values())))
+    print(f"{a.cache}: {cache.count:,} x {d}, nlist {index.params.nlist}, M {index.params.m}, B {cfg.batch_size}, "
+          f"k {cfg.k}, {a.threads} Numba threads; median ms over {a.steps} batches\n")
+    print("| operation | " + " | ".join(f"BLAS {n} thread{'s' if n > 1 else ''}" for n in results) + " |")
+    print("|---|" + "---:|" * len(results))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{r[k]:.2f}" for r in results.values()) + " |")
+    if MISMATCH:
+        print("\nprototypes against the trainer's kernels, max |diff| / max |value|: " +
+              ", ".join(f"{k} {v:.1e}" for k, v in MISMATCH.items()))
+    for n, r in results.items():
+        parts = {}
+        for k, v in r.items():
+            if not k.startswith("alt"):
+                parts[k.split(":")[0]] = parts.get(k.split(":")[0], 0.0) + v
+        print(f"\nBLAS {n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()) +
+              f"; total {sum(parts.values()):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
