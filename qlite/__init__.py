@@ -37,7 +37,7 @@ _os.environ.setdefault("NUMBA_CACHE_DIR", _numba_cache_dir())
 from .errors import InputError, QliteError  # noqa: E402,F401
 
 _API = {  # name -> module: imported on first use, so `import qlite` (and the CLI) start fast
-    "build_cache": "build", "merge_caches": "build", "build_index": "index.build", "train": "train.trainer",
+    "build_cache": "build_cache", "merge_caches": "build_cache", "build_index": "index.build", "train": "train.trainer",
     "TrainConfig": "train.config", "evaluate": "evaluate", "search": "search", "Searcher": "search",
     "Cache": "cache", "IVFPQIndex": "index.ivfpq", "IVFPQParams": "index.ivfpq", "export": "export",
     "open_retriever": "runs", "list_runs": "runs",

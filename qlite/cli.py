@@ -94,7 +94,7 @@ def cli():
 def build_cache_cmd(corpus, out, model_dir, max_length, batch_size, threads, int8, force, update, shard, chunk_rows,
                     quiet):
     """Encode a BEIR corpus.jsonl[.gz] into an embedding cache (resumable: rerun after a crash)."""
-    from .build import build_cache
+    from .build_cache import build_cache
 
     if shard is not None and out is None:
         raise QliteError("--shard needs --out (one file per shard)")
@@ -111,7 +111,7 @@ def build_cache_cmd(corpus, out, model_dir, max_length, batch_size, threads, int
 @user_errors
 def merge_caches_cmd(shards, out, quiet):
     """Merge the shards of `build-cache --shard I/N` into one cache (identical to a single build)."""
-    from .build import merge_caches
+    from .build_cache import merge_caches
 
     click.echo(merge_caches(shards, out, progress=progress_for(quiet)).summary())
 
@@ -259,6 +259,7 @@ TRAIN_HELP = {
     "pseudo_queries": "Passages used as queries for distillation (they need no labels).",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
     "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
+    "supervised_negatives": "Negatives of the supervised loss: every candidate, or only other queries' positives.",
     "tau": "Softmax temperature of the quantized (student) scores.",
     "tau_teacher": "Softmax temperature of the teacher (flat search).",
     "tau_supervised": "Softmax temperature of the supervised loss.",
@@ -276,6 +277,7 @@ TRAIN_HELP = {
     "checkpoint_every": "Steps between checkpoints (a crash loses at most this many).",
     "seed": "Seed of batches, positives, pseudo-queries and the dev split.",
 }
+TRAIN_CHOICES = {"supervised_negatives": click.Choice(["all", "positives"])}
 TRAIN_FLAGS = {"train_head": ("--head/--no-head", "Train the query head."),
                "train_codebooks": ("--codebooks/--no-codebooks", "Train the index's PQ codebooks."),
                "train_coarse": ("--coarse/--no-coarse", "Train the index's coarse centroids."),
@@ -293,7 +295,7 @@ def train_options(fn):
             decls, text = TRAIN_FLAGS[name]
             fn = click.option(decls, name, default=value, show_default=True, help=text)(fn)
             continue
-        kind = {int: int, float: float}[type(value)]  # ranges are checked by TrainConfig.validate
+        kind = TRAIN_CHOICES.get(name) or {int: int, float: float}[type(value)]  # ranges: TrainConfig.validate
         decls = ["-k"] if name == "k" else ["--" + name.replace("_", "-")]
         fn = click.option(*decls, name, type=kind, default=value, show_default=True, help=TRAIN_HELP[name])(fn)
     return fn
@@ -361,7 +363,7 @@ def runs_rm_cmd(cache_path, names):
 @user_errors
 def plot_log_cmd(cache_path, run, out):
     """Plot a training run's log: losses, learning rates and the dev score on the index (needs matplotlib)."""
-    from .plot import plot_log
+    from .plot_log import plot_log
     from .runs import latest_run, run_dir
 
     name = run or latest_run(cache_path)

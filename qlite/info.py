@@ -13,7 +13,8 @@ def runs_info(cache_path) -> list[dict]:
     out = []
     for r in list_runs(cache_path):
         m = r.meta
-        state = "done" if r.finished else ("interrupted (rerun its train command to resume)" if m else "empty")
+        state = "done" if r.finished else ("interrupted or running (rerun its train command to resume)" if m else
+                                           "starting, or stopped before its first checkpoint")
         out.append({"name": r.name, "state": state, "started_at": m.get("started_at"),
                     "finished_at": m.get("finished_at"), "steps": m.get("steps"), "best_step": m.get("best_step"),
                     "dev_metric": m.get("dev_metric"), "dev_start": m.get("dev_start"), "dev_best": m.get("dev_best"),

@@ -2,7 +2,8 @@
 
 The lock is an ``flock`` on ``CACHE.lock`` next to the cache.  The kernel releases it when the process
 ends, however it ends (``kill -9`` included), so a crashed run never leaves the cache locked; the file
-itself may stay, and means nothing without a live holder.  Readers (search, eval) take no lock.
+itself is removed on a normal exit, and a leftover one means nothing without a live holder.  Readers
+(search, eval) take no lock.
 """
 from __future__ import annotations
 
@@ -35,14 +36,8 @@ def cache_lock(cache_path, what: str):
             _held[path] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(path, cache_path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise QliteError(f"{cache_path} is in use by {holder}; wait for it to finish (or stop it) "
-                             "and run this again") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({what})".encode(), 0)
         _held[path] = 1
@@ -50,5 +45,26 @@ def cache_lock(cache_path, what: str):
             yield
         finally:
             del _held[path]
+            path.unlink(missing_ok=True)  # while still holding it: a waiting opener then sees a stale inode
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _acquire(path, cache_path) -> int:
+    """An fd holding the lock on ``path``, or QliteError naming the holder.  The file may be unlinked by
+    its last holder between our open and our flock: then we locked a dead inode, and try again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise QliteError(f"{cache_path} is in use by {holder}; wait for it to finish (or stop it) "
+                             "and run this again") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -20,26 +20,6 @@ def pq_decode(codes, codebooks):
     return np.concatenate([codebooks[m][codes[:, m]] for m in range(codebooks.shape[0])], axis=1)
 
 
-def exhaustive_ivfpq_ip(index, q, k):
-    """Score every stored code exactly as ADC defines it, in float32, summing in the kernel's order."""
-    qr = index.rotate(q).astype(np.float32)
-    lut = index.pq.lut_ip(qr)
-    rows_all, scores_all = [], []
-    for lst in range(index.params.nlist):
-        lo, hi = index.offsets[lst], index.offsets[lst + 1]
-        codes = np.asarray(index.codes[lo:hi])
-        base = (qr @ index.coarse[lst]).astype(np.float32)
-        s = np.repeat(base[:, None], hi - lo, axis=1).astype(np.float32)
-        for m in range(codes.shape[1]):
-            s = (s + lut[:, m, codes[:, m]]).astype(np.float32)
-        scores_all.append(s)
-        rows_all.append(np.broadcast_to(index.list_rows[lo:hi], s.shape))
-    s = np.concatenate(scores_all, 1)
-    r = np.concatenate(rows_all, 1)
-    order = np.lexsort((r, -s), axis=1)[:, :k]
-    return np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
-
-
 def clustered(n, d, centers, seed=0, noise=0.3):
     """Normalised vectors around random centres: a stand-in for real embeddings."""
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from qlite.build import build_cache
+from qlite.build_cache import build_cache
 from qlite.cache import Cache
 from qlite.encoder.encoder import Encoder
 from qlite.encoder.model_dir import resolve_model

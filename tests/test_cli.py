@@ -12,8 +12,9 @@ def run(*args):
 def test_build_info_eval_roundtrip(tmp_path, tiny_model):
     docs = demo_docs(30)
     corpus = write_jsonl(tmp_path / "corpus.jsonl.gz", docs, gz=True)
-    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": docs[3]["title"]},
-                                                       {"_id": "q2", "text": docs[7]["title"]}])
+    # a passage's own text as the query: flat search must rank that passage first (nDCG@10 exactly 1)
+    queries = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "q1", "text": f"{docs[3]['title']} {docs[3]['text']}"},
+                                                       {"_id": "q2", "text": f"{docs[7]['title']} {docs[7]['text']}"}])
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text(f"query-id\tcorpus-id\tscore\nq1\t{docs[3]['_id']}\t1\nq2\t{docs[7]['_id']}\t1\n")
 
@@ -30,7 +31,7 @@ def test_build_info_eval_roundtrip(tmp_path, tiny_model):
     head, flat = r.output.strip().splitlines()
     assert head.split() == ["system", "run", "queries", "ndcg@10", "recall@5"]
     assert flat.split()[:3] == ["flat", "untrained", "2"]
-    assert 0.0 <= float(flat.split()[3]) <= 1.0
+    assert float(flat.split()[3]) == 1.0 and float(flat.split()[4]) == 1.0
 
 
 def test_errors_are_one_line_and_nonzero(tmp_path, tiny_model):

@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from qlite.build import build_cache
+from qlite.build_cache import build_cache
 from qlite.cli import cli
 from qlite.index.build import build_index
 from qlite.lock import cache_lock

@@ -287,8 +287,8 @@ def main():
     cache = Cache(a.cache)
     if a.queries_jsonl:
         from qlite.beir import load_queries
-        from qlite.evaluate import encode_queries, query_encoder
-        q = encode_queries(query_encoder(cache), load_queries(a.queries_jsonl))[1]
+        from qlite.encoder.queries import encode_queries, query_encoder
+        q = encode_queries(query_encoder(cache), list(load_queries(a.queries_jsonl).values()))
     else:
         q = np.load(a.queries or a.cache.rsplit(".h5", 1)[0] + ".queries.npy")
     if a.nq and a.nq < len(q):

@@ -56,8 +56,8 @@ def load_queries(path, first_cache: Cache) -> np.ndarray:
     if path.endswith(".npy"):
         return np.load(path).astype(np.float32)
     from qlite.beir import load_queries as load_jsonl
-    from qlite.evaluate import encode_queries, query_encoder
-    return encode_queries(query_encoder(first_cache), load_jsonl(path))[1].astype(np.float32)
+    from qlite.encoder.queries import encode_queries, query_encoder
+    return encode_queries(query_encoder(first_cache), list(load_jsonl(path).values())).astype(np.float32)
 
 
 def real_passages(paths):

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic import fsync_path
 from ..errors import QliteError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -95,11 +96,14 @@ def _write_atomic_dir(target: Path, fill) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         fill(tmp)
+        for f in tmp.iterdir():  # durable before the rename publishes them
+            fsync_path(f)
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race: its copy is as good as ours
             if not (target / "model.onnx").is_file():
                 raise
+        fsync_path(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -23,7 +23,8 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .layout import BLOCK, get_nibble
-from .scan import _worse, heap_offer, heap_sort_desc, l2_list_term, l2_list_terms, nth_best, reservoir_add
+from .scan import l2_list_term, l2_list_terms
+from .topk import _worse, heap_offer, heap_sort_desc, nth_best, reservoir_add
 from .simd import HAS_AVX2, nibble_block_sums_avx2
 
 

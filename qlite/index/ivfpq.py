@@ -25,8 +25,9 @@ from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
-from .scan import (best_k, counting_sort_lists, exact_scores, merge_parts, merge_parts_serial, plan_pieces, scan_bytes,
-                   select_probes, select_probes_serial)
+from .probe import counting_sort_lists, plan_pieces, select_probes, select_probes_serial
+from .scan import exact_scores, scan_bytes
+from .topk import best_k, merge_parts, merge_parts_serial
 
 ADD_BLOCK = 65536
 SCAN_CODES = 4096  # codes a query scans by default (see IVFPQIndex.default_nprobe)

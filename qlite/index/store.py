@@ -1,14 +1,14 @@
 """Save / load an IVF-PQ index as its own HDF5 file, written atomically; codes open as a memmap."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .. import __version__
-from ..cache import fsync_path, plain_attr, sidecar_path
+from ..atomic import atomic_write
+from ..cache import plain_attr, sidecar_path
 from ..errors import QliteError
 from .ivfpq import IVFPQIndex, IVFPQParams
 
@@ -20,15 +20,13 @@ def default_index_path(cache_path) -> Path:
 
 
 def save_index(index: IVFPQIndex, path, extra_attrs=None) -> Path:
+    """Write an index file atomically (see :mod:`qlite.atomic`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["qlite_version"] = __version__
         for k, v in (extra_attrs or {}).items():
             f.attrs[k] = v
         write_index(f, index)
-    fsync_path(tmp)
-    os.replace(tmp, path)
     return path
 
 

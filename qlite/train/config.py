@@ -20,7 +20,8 @@ class TrainConfig:
     train_rows: bool = False
     # the losses: distillation from flat search (every query) and cross-entropy on labelled positives
     distill: float = 1.0
-    supervised: float = 0.0
+    supervised: float = 1.0
+    supervised_negatives: str = "all"  # "positives": only other queries' labelled passages are negatives
     supervised_head: bool = True  # the supervised loss trains the head too (else only the rows, if trained)
     tau: float = 0.05  # student (quantized) softmax temperature
     tau_teacher: float = 0.05
@@ -62,6 +63,9 @@ class TrainConfig:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
             raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
+        if self.supervised_negatives not in ("all", "positives"):
+            raise QliteError(f"training option supervised_negatives must be 'all' or 'positives' "
+                             f"(got {self.supervised_negatives!r})")
         if not (self.train_head or self.train_codebooks or self.train_coarse or self.train_rows):
             raise QliteError("nothing to train: every part is frozen")
         if self.distill == 0 and self.supervised == 0:

@@ -88,6 +88,8 @@ class Trainer:
         self.patience_steps = max(1, round(cfg.patience * self.steps_per_epoch))
         self.rows = Rows(cache, workdir, state, cfg.train_rows)
         self.max_candidates = cfg.budget or cfg.batch_size * (cfg.k + cfg.teacher_k + 1)
+        self.labelled_rows = np.zeros(cache.count, bool)
+        self.labelled_rows[pool.pos_rows] = True
         self.window = []
         self._order = (-1, None)
         self._bind()
@@ -140,8 +142,11 @@ class Trainer:
         t3 = time.perf_counter()
         kl_w = np.full(len(idx), cfg.distill)
         sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
+        mask = cand.mask
+        if cfg.supervised_negatives == "positives":  # the labels contrast labelled passages with each other only
+            mask = mask | ~self.labelled_rows[cand.rows][None, :]
         kl, sup, grads = step_gradients(q, st.head, self.index.rotation, rows, lists, codes, st.coarse, st.codebooks,
-                                        cand.target, cand.mask, kl_w, sup_w, cfg.tau, cfg.tau_teacher,
+                                        cand.target, mask, kl_w, sup_w, cfg.tau, cfg.tau_teacher,
                                         cfg.tau_supervised, teacher_head=cfg.supervised > 0,
                                         supervised_head=cfg.supervised_head)
         t4 = time.perf_counter()
