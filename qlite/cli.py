@@ -273,7 +273,7 @@ TRAIN_HELP = {
     "refresh_every": "Steps between re-encoding trained rows into the index (with --train-rows).",
     "eval_every": "Epochs between dev evaluations on the index.",
     "patience": "Epochs without a better dev score before stopping (after warm-up).",
-    "dev_share": "Share of the training positives held out (by passage) as dev when no --dev-qrels.",
+    "dev_share": "Share of passages held out for dev when no --dev-qrels (with as many held-out queries).",
     "checkpoint_every": "Steps between checkpoints (a crash loses at most this many).",
     "seed": "Seed of batches, positives, pseudo-queries and the dev split.",
 }

@@ -61,17 +61,18 @@ def test_config_errors_and_run_names():
                                                                            teacher_k=9, seed=5).run_name()
 
 
-def test_split_by_passage_never_trains_on_dev_passages():
-    parts = [np.array([0]), np.array([1, 2]), np.array([3]), np.array([2, 4])] * 20
+def test_default_dev_holds_out_passages_and_as_many_queries():
+    parts = [np.array([0]), np.array([1, 2]), np.array([3]), np.array([2, 4]), np.array([5])] * 20
     ptr, rows = csr(parts)
-    labelled = Labelled([f"q{i}" for i in range(80)], ["t"] * 80, ptr, rows, {f"q{i}": {} for i in range(80)})
-    held = np.zeros(5, bool)
+    labelled = Labelled([f"q{i}" for i in range(100)], ["t"] * 100, ptr, rows, {f"q{i}": {} for i in range(100)})
+    held = np.zeros(6, bool)
     held[[2, 3]] = True
     train, dev, how = split_by_passage(labelled, held, seed=0)
-    assert how == "dev: held-out passages"
-    assert len(dev) == 20 and all(set(dev.positives(i)) == {3} for i in range(len(dev)))  # only all-held queries
-    assert not held[train.pos_rows].any()  # mixed queries keep their training positives only
-    assert len(train) == 60
+    assert how == "dev: 20 queries on held-out passages + 20 held-out queries"
+    dev_parts = [tuple(dev.positives(i)) for i in range(len(dev))]
+    assert dev_parts.count((3,)) == 20 and len(dev) == 40  # every query whose positives are all held out ...
+    assert not held[train.pos_rows].any()  # ... and no training query keeps a held-out positive
+    assert len(train) == 60 and not set(train.qids) & set(dev.qids)
     _, dev, how = split_by_passage(labelled.subset(range(40)), held, seed=0)  # too few all-held: hold out queries
     assert how == "dev: held-out queries" and len(dev) == 4
 

@@ -46,7 +46,7 @@ class TrainConfig:
     # early stopping on dev, on the index
     eval_every: float = 1.0  # epochs
     patience: float = 5.0  # epochs without a better dev score before stopping (counted after warm-up)
-    dev_share: float = 0.15  # passages held out for dev when no --dev-qrels are given
+    dev_share: float = 0.15  # passages held out for dev when no dev qrels are given (and as many queries)
     checkpoint_every: int = 200  # steps
     seed: int = 0
 

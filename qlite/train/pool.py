@@ -15,11 +15,11 @@ The distillation teacher needs each pool query's best passages under flat search
 once, block by block over the memory-mapped cache, and kept with the run (``teacher`` [P, teacher_k]).
 
 The **dev set** stops training.  Given dev qrels it is that.  Otherwise it is held out of the training
-qrels *by passage*: a passage is hashed into the dev share, a query goes to dev when all of its
-positives did, and no training query keeps a dev passage as a positive.  So dev measures what a
-user's next queries meet, passages no training query pointed to, rather than memorised pairs.  (When
-fewer than ``MIN_DEV_QUERIES`` queries qualify, random queries are held out instead.)  Without any
-qrels, dev is a share of the queries (or of the passages), scored by agreement with flat search.
+qrels, half *by passage* (a passage is hashed into the dev share, a query goes to dev when all of its
+positives did, and no training query keeps a dev passage as a positive) and half by query (see
+:func:`split_by_passage`).  So dev measures both what a user's next queries meet: passages no training
+query pointed to, and passages that training queries did.  Without any qrels, dev is a share of the
+queries (or of the passages), scored by agreement with flat search.
 """
 from __future__ import annotations
 
@@ -109,17 +109,32 @@ def held_out_passages(cache: Cache, rows: np.ndarray, share: float, seed: int) -
 
 
 def split_by_passage(train: Labelled, held: np.ndarray, seed: int):
-    """(train, dev, how): dev holds the queries whose positives are all held-out passages; training queries
-    lose any held-out positive.  Falls back to random held-out queries when too few qualify."""
-    all_held, none_held = [], []
+    """(train, dev, how): the default dev set, two halves of equal size pooled together.
+
+    - *held-out passages*: the queries whose positives are all held-out passages (training queries lose
+      any held-out positive, so those passages are never trained on): what a user's next queries meet
+      when they ask about passages no training query pointed to;
+    - *held-out queries*: as many random other queries, whose positives may also be other training
+      queries' positives: what a user's next queries meet when they ask about the same passages again.
+
+    Training is stopped on their pooled nDCG@10, so it may memorise the training pairs only as far as
+    that does not cost passages it has never seen.  Falls back to random held-out queries alone when too
+    few queries have only held-out positives.
+    """
+    all_held, rest = [], []
     for i in range(len(train)):
-        (all_held if held[train.positives(i)].all() else none_held).append(i)
-    if len(all_held) >= MIN_DEV_QUERIES and len(none_held) >= MIN_DEV_QUERIES:
-        return train.subset(none_held, keep_rows=~held), train.subset(all_held), "dev: held-out passages"
+        (all_held if held[train.positives(i)].all() else rest).append(i)
+    rng = np.random.default_rng([seed, 7])
+    if len(all_held) >= MIN_DEV_QUERIES and len(rest) >= 2 * len(all_held):
+        queries = sorted(rng.choice(rest, len(all_held), replace=False).tolist())
+        dev = sorted(all_held + queries)
+        kept = sorted(set(rest) - set(queries))
+        return (train.subset(kept, keep_rows=~held), train.subset(dev),
+                f"dev: {len(all_held)} queries on held-out passages + {len(queries)} held-out queries")
     n_dev = round(0.1 * len(train))
     if n_dev < 1 or len(train) - n_dev < 1:
         return train, None, "no dev"
-    order = np.random.default_rng([seed, 7]).permutation(len(train))
+    order = rng.permutation(len(train))
     return train.subset(sorted(order[n_dev:])), train.subset(sorted(order[:n_dev])), "dev: held-out queries"
 
 
