@@ -45,6 +45,22 @@ _API = {  # name -> module: imported on first use, so `import qlite` (and the CL
 __all__ = ["InputError", "QliteError", "__version__", *_API]
 
 
+def callable_module(module_name: str, attribute: str) -> None:
+    """Make a module callable as its main function.  ``qlite.search`` is both the module (a submodule is
+    bound on its package once imported) and the API function: calling the module calls the function,
+    so the name works whichever of the two it is bound to at the time."""
+    import sys
+    import types
+
+    module = sys.modules[module_name]
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(self, attribute)(*args, **kwargs)
+
+    module.__class__ = CallableModule
+
+
 def __getattr__(name):
     if name in _API:
         import importlib

@@ -31,6 +31,7 @@ from .encoder.model_dir import resolve_model, spec_attrs
 from .errors import QliteError
 from .lock import cache_lock
 from .progress import SILENT, Progress, human_bytes
+from . import callable_module
 
 DEFAULT_CHUNK_ROWS = 1024
 
@@ -310,3 +311,6 @@ def _check_same(cache: Cache, wanted_model: dict, corpus_sha, out):
     if corpus_sha is not None and a.get("corpus_sha256") != corpus_sha:
         raise QliteError(f"{out} was built from another corpus ({a.get('corpus_path')}); use --update to bring it "
                          "up to date, --force to overwrite it, or choose another output")
+
+
+callable_module(__name__, 'build_cache')  # qlite.build_cache(...) calls build_cache: see qlite.callable_module

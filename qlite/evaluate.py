@@ -14,6 +14,7 @@ from .index.flat import flat_search
 from .metrics import DEFAULT_METRICS, evaluate_run, parse_metric
 from .runs import UNTRAINED, list_runs, open_retriever
 from .threads import set_threads
+from . import callable_module
 
 
 def rows_to_run(cache: Cache, qids, rows) -> dict[str, list[str]]:
@@ -111,3 +112,6 @@ def per_query_array(report: EvalReport, metric: str) -> np.ndarray:
     """[systems, queries] values of one metric, queries in sorted id order (for paired comparisons)."""
     qids = sorted(next(iter(report.rows)).per_query[metric])
     return np.array([[r.per_query[metric][q] for q in qids] for r in report.rows])
+
+
+callable_module(__name__, 'evaluate')  # qlite.evaluate(...) calls evaluate: see qlite.callable_module

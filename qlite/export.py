@@ -22,6 +22,7 @@ from .encoder.queries import cache_model
 from .errors import QliteError
 from .progress import SILENT, Progress, human_bytes
 from .runs import open_retriever
+from . import callable_module
 
 BLOCK_ROWS = 65536
 
@@ -160,3 +161,6 @@ def export(cache_path, out, run=None, faiss_index=False, progress: Progress = SI
         "trained_head": head is not None,
         "encoder": spec.name, "corpus": a.get("corpus_path")}, indent=1))
     return ExportResult(out, cache.count, d, head is not None, retriever.name)
+
+
+callable_module(__name__, 'export')  # qlite.export(...) calls export: see qlite.callable_module

@@ -13,6 +13,7 @@ from .errors import QliteError
 from .index.flat import flat_search
 from .runs import Retriever, open_retriever
 from .threads import set_threads
+from . import callable_module
 
 FORMATS = ("table", "jsonl", "trec")
 
@@ -83,3 +84,6 @@ def format_results(cache: Cache, results: dict[str, list[Hit]], fmt="table", tag
         for rank, h in enumerate(hits, 1):
             lines.append(f"{rank:>3}  {h.score:8.4f}  {h.doc:<16} {text.get(h.row, '')}".rstrip())
     return "\n".join(lines)
+
+
+callable_module(__name__, 'search')  # qlite.search(...) calls search: see qlite.callable_module
