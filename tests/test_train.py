@@ -291,8 +291,14 @@ def test_export_faiss_gives_the_same_top_k_as_qlite(title_task, tmp_path, nbits)
         for nprobe in (2, 8):
             faiss.extract_index_ivf(index).nprobe = nprobe
             _, got = index.search(q, 10)
-            _, want = retriever.index.search(q, 10, nprobe=nprobe)
-            np.testing.assert_array_equal(got, want)
+            scores, want = retriever.index.search(q, 10, nprobe=nprobe)
+            # the same rows in the same order; faiss sums in another order, so exact ties may swap places
+            same = (got == want).all(1)
+            assert same.mean() > 0.95
+            for i in np.flatnonzero(~same):
+                assert set(got[i]) <= set(want[i]) | set(retriever.index.search(q[i:i + 1], 20, nprobe=nprobe)[1][0])
+                swapped = got[i] != want[i]
+                assert np.ptp(scores[i][swapped]) < 1e-5  # only rows scored alike changed places
 
 
 def test_plot_log_writes_a_png(title_task, tmp_path):
