@@ -189,3 +189,39 @@ def test_update_encodes_only_changed_passages_and_brings_index_and_runs_along(tm
     assert len(hits) == 3
     again = build_cache(v2, cache, model_dir=tiny_model, update=True, threads=1)
     assert again.already_complete
+
+
+def _pending_rows(path):
+    from qlite.build_cache import update_path
+
+    try:
+        with Cache(update_path(path)) as c:
+            return c.rows_done
+    except QliteError:
+        return -1
+
+
+def test_kill_9_during_update_then_rerun_ends_where_a_clean_update_ends(tmp_path, tiny_model):
+    docs = demo_docs(300)
+    v1 = write_jsonl(tmp_path / "v1.jsonl", docs[:200])
+    v2 = write_jsonl(tmp_path / "v2.jsonl", [{**d, "text": d["text"] + " (v2)"} if i % 3 == 0 else d
+                                             for i, d in enumerate(docs[50:])])  # 100 added, 84 edited
+    args = [sys.executable, "-m", "qlite", "build-cache", str(v2), "--model", str(tiny_model), "--update",
+            "--cpu-threads", "1", "--quiet", "--out"]
+    paths = {}
+    for name in ("clean", "killed"):
+        paths[name] = tmp_path / f"{name}.h5"
+        build_cache(v1, paths[name], model_dir=tiny_model, chunk_rows=2, batch_size=2, threads=1)
+    subprocess.run(args + [str(paths["clean"])], check=True, capture_output=True)
+    kills = 0
+    for target in (20, 120):
+        kills += kill_when(args + [str(paths["killed"])], lambda: _pending_rows(paths["killed"]) >= target)
+        with Cache(paths["killed"]) as c:  # the old cache stays whole until the new one replaces it
+            assert c.complete and c.count == 200
+    assert kills >= 1
+    r = subprocess.run(args + [str(paths["killed"])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with Cache(paths["killed"]) as a, Cache(paths["clean"]) as b:
+        assert a.count == 250 and a.complete
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+        np.testing.assert_array_equal(a.ids, b.ids)
