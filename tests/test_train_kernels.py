@@ -6,32 +6,48 @@ from qlite.train.kernels import (adam_dense, reconstruct, scatter_adc_grads, sgd
                                  step_gradients)
 
 
-def step_loss64(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w, taus,
-                teacher_head):
-    """Float64 oracle of the whole step's loss, written from the definitions in qlite.train.kernels."""
+def teacher64(q, head, rows, teacher_head):
+    """The teacher's scores [B, C]: flat search with the current head, or without any head."""
+    q64 = q.astype(np.float64)
+    query = np.hstack([q64, np.ones((len(q), 1))]) @ head.astype(np.float64) if teacher_head else q64
+    return query @ rows.astype(np.float64).T
+
+
+def step_loss64(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w, taus, teacher):
+    """Float64 oracle of the step's loss, written from the definitions in qlite.train.kernels, with the
+    teacher's scores given (the kernel holds them fixed: no gradient flows into the teacher)."""
     tau_s, tau_t, tau_sup = taus
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
-    q, head, rotation, rows, coarse, codebooks = map(f64, (q, head, rotation, rows, coarse, codebooks))
-    B = len(q)
-    M = codebooks.shape[0]
-    h = np.hstack([q, np.ones((B, 1))]) @ head
-    u = h @ rotation
-    xhat = coarse[lists] + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
+    B, M = len(q), codebooks.shape[0]
+    h = np.hstack([f64(q), np.ones((B, 1))]) @ f64(head)
+    u = h @ f64(rotation)
+    xhat = f64(coarse)[lists] + np.concatenate([f64(codebooks)[m][codes[:, m]] for m in range(M)], axis=1)
     s = u @ xhat.T / tau_s
-    f = h @ rows.T
-    t = (f if teacher_head else q @ rows.T) / tau_t
+    f = h @ f64(rows).T
 
     def log_softmax(z):
         mx = z.max(1, keepdims=True)
         return z - mx - np.log(np.exp(z - mx).sum(1, keepdims=True))
 
-    lp, lq = log_softmax(t), log_softmax(s)
+    lp, lq = log_softmax(teacher / tau_t), log_softmax(s)
     kl = (np.exp(lp) * (lp - lq)).sum(1)
     keep = ~mask
     keep[np.arange(B), target] = True
-    fs = np.where(keep, f / tau_sup, -np.inf)
-    sup = -log_softmax(fs)[np.arange(B), target]
+    sup = -log_softmax(np.where(keep, f / tau_sup, -np.inf))[np.arange(B), target]
     return float(((kl_w * kl) + np.where(sup_w != 0, sup_w * sup, 0.0)).sum() / B)
+
+
+def central_differences(loss, arr, h=1e-3) -> np.ndarray:
+    """d loss / d arr by central differences, one coordinate at a time (float64)."""
+    num = np.zeros(arr.shape)
+    for idx in np.ndindex(arr.shape):
+        vals = []
+        for sign in (1, -1):
+            a = arr.astype(np.float64).copy()
+            a[idx] += sign * h
+            vals.append(loss(a))
+        num[idx] = (vals[0] - vals[1]) / (2 * h)
+    return num
 
 
 def problem(seed=0, B=4, C=9, d=8, M=4, ksub=5, nlist=3):
@@ -59,73 +75,21 @@ def test_step_loss_and_gradients_match_float64_finite_differences(teacher_head):
     q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = p
     taus = (0.5, 0.7, 0.6)
     kl, sup, grads = step_gradients(*p, *taus, teacher_head=teacher_head)
-    oracle = step_loss64(*p, taus, teacher_head)
-    assert abs(kl + sup - oracle) < 1e-5
+    teacher = teacher64(q, head, rows, teacher_head)  # held at its current value, as the kernel does
+    params = {"head": head, "rows": rows, "coarse": coarse, "codebooks": codebooks}
+
+    def loss(name):
+        def at(value):
+            v = {**params, name: value}
+            return step_loss64(q, v["head"], rotation, v["rows"], lists, codes, v["coarse"], v["codebooks"],
+                               target, mask, kl_w, sup_w, taus, teacher)
+        return at
+
+    assert abs(kl + sup - loss("head")(head)) < 1e-5
     assert kl > 0 and sup > 0
-    h = 1e-3
-
-    def numeric(name, arr):
-        num = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            vals = []
-            for sign in (1, -1):
-                a = arr.astype(np.float64).copy()
-                a[idx] += sign * h
-                args = {"head": head, "coarse": coarse, "codebooks": codebooks, "rows": rows, name: a}
-                vals.append(step_loss64(q, args["head"], rotation, args["rows"], lists, codes, args["coarse"],
-                                        args["codebooks"], target, mask, kl_w, sup_w, taus, teacher_head))
-            num[idx] = (vals[0] - vals[1]) / (2 * h)
-        return num
-
-    # the teacher takes no gradient (stop-gradient): head and rows are checked with it held fixed
-    np.testing.assert_allclose(grads["head"], _numeric_detached(p, taus, "head", teacher_head), atol=2e-4)
-    np.testing.assert_allclose(grads["rows"], _numeric_detached(p, taus, "rows", teacher_head), atol=2e-4)
-    np.testing.assert_allclose(grads["coarse"], numeric("coarse", coarse), atol=2e-4)
-    np.testing.assert_allclose(grads["codebooks"], numeric("codebooks", codebooks), atol=2e-4)
+    for name, value in params.items():
+        np.testing.assert_allclose(grads[name], central_differences(loss(name), value), atol=2e-4, err_msg=name)
     assert np.abs(grads["codebooks"]).sum() > 0 and np.abs(grads["coarse"]).sum() > 0
-
-
-def _numeric_detached(p, taus, name, teacher_head, h=1e-3):
-    """Finite differences with the teacher held at its current value (stop-gradient), as the kernel defines it."""
-    q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = p
-    q64 = q.astype(np.float64)
-    query = np.hstack([q64, np.ones((len(q), 1))]) @ head.astype(np.float64) if teacher_head else q64
-    teacher = query @ rows.astype(np.float64).T
-    arr = {"head": head, "rows": rows}[name]
-    num = np.zeros(arr.shape)
-    for idx in np.ndindex(arr.shape):
-        vals = []
-        for sign in (1, -1):
-            a = arr.astype(np.float64).copy()
-            a[idx] += sign * h
-            hd, rw = (a, rows) if name == "head" else (head, a)
-            vals.append(_loss_fixed_teacher(q, hd, rotation, rw, lists, codes, coarse, codebooks, target, mask,
-                                            kl_w, sup_w, taus, teacher))
-        num[idx] = (vals[0] - vals[1]) / (2 * h)
-    return num
-
-
-def _loss_fixed_teacher(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w, taus,
-                        teacher):
-    tau_s, tau_t, tau_sup = taus
-    B = len(q)
-    M = codebooks.shape[0]
-    h = np.hstack([q, np.ones((B, 1))]) @ np.asarray(head, np.float64)
-    u = h @ rotation.astype(np.float64)
-    xhat = coarse[lists].astype(np.float64) + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], 1)
-    s = u @ xhat.T / tau_s
-    f = h @ np.asarray(rows, np.float64).T
-
-    def log_softmax(z):
-        mx = z.max(1, keepdims=True)
-        return z - mx - np.log(np.exp(z - mx).sum(1, keepdims=True))
-
-    lp, lq = log_softmax(teacher / tau_t), log_softmax(s)
-    kl = (np.exp(lp) * (lp - lq)).sum(1)
-    keep = ~mask
-    keep[np.arange(B), target] = True
-    sup = -log_softmax(np.where(keep, f / tau_sup, -np.inf))[np.arange(B), target]
-    return float(((kl_w * kl) + np.where(sup_w != 0, sup_w * sup, 0.0)).sum() / B)
 
 
 def test_masking_changes_only_the_supervised_loss():
