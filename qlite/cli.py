@@ -265,6 +265,7 @@ TRAIN_HELP = {
     "tau_supervised": "Softmax temperature of the supervised loss.",
     "lr": "Learning rate of the codebooks and coarse centroids.",
     "head_lr": "Learning rate of the query head.",
+    "head_decay": "Weight decay of the query head towards the identity (a leash on what labels teach it).",
     "rows_lr": "Learning rate of the passage rows (with --train-rows).",
     "rows_radius": "How far (L2) a trained row may move from the encoder's embedding.",
     "warmup": "Warm-up fraction of the steps.",

@@ -12,7 +12,7 @@ from qlite.encoder.model_dir import file_sha256
 from qlite.errors import QliteError
 from qlite.evaluate import evaluate
 from qlite.index.build import build_index
-from qlite.runs import UNTRAINED, latest_run, list_runs, open_retriever, remove_run, run_dir
+from qlite.runs import UNTRAINED, latest_run, list_runs, load_run, open_retriever, remove_run, run_dir
 from qlite.train.candidates import build_candidates
 from qlite.train.config import TrainConfig, lr_factor
 from qlite.train.pool import Labelled, csr, split_by_passage
@@ -170,6 +170,21 @@ def test_runs_side_by_side_listed_evaluated_and_removed(title_task):
     assert latest_run(path) == a.run
     with pytest.raises(QliteError, match="no such run"):
         remove_run(path, b.run)
+
+
+def test_head_decay_keeps_the_head_nearer_the_identity(title_task):
+    path = fresh_copy(title_task, "decay")
+    base = dict(supervised=1.0, batch_size=16, k=20, teacher_k=10, steps=24, nprobe=2, pseudo_queries=0,
+                head_lr=1e-2, train_codebooks=False, train_coarse=False, eval_every=0.5, patience=20)
+    distance = {}
+    for decay in (0.0, 20.0):
+        result = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"],
+                       config=TrainConfig(**base, head_decay=decay), threads=1)
+        assert result.best_step > 0, result.summary()
+        run = result.run
+        head = load_run(Cache(path), run_dir(path, run) / "run.h5").head
+        distance[decay] = float(np.linalg.norm(head[:-1] - np.eye(head.shape[1])) + np.linalg.norm(head[-1]))
+    assert 0 < distance[20.0] < 0.8 * distance[0.0], distance
 
 
 def _state_step(path, name):

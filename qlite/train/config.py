@@ -36,6 +36,7 @@ class TrainConfig:
     # optimisation
     lr: float = 3e-4  # codebooks and coarse centroids (Adam)
     head_lr: float = 3e-4
+    head_decay: float = 0.0  # decoupled weight decay of the head towards the identity (per unit of head_lr)
     rows_lr: float = 0.01  # passage rows (SGD)
     rows_radius: float = 0.1  # how far (L2) a row may move from the encoder's embedding
     epochs: float = 20.0  # an epoch visits every pool query once
@@ -57,8 +58,8 @@ class TrainConfig:
         for name in ("tau", "tau_teacher", "tau_supervised", "epochs", "eval_every", "patience"):
             if not getattr(self, name) > 0:
                 raise QliteError(f"{_flag(name)} must be positive (got {getattr(self, name)})")
-        for name in ("lr", "head_lr", "rows_lr", "rows_radius", "distill", "supervised", "pseudo_queries", "budget",
-                     "nprobe"):
+        for name in ("lr", "head_lr", "head_decay", "rows_lr", "rows_radius", "distill", "supervised",
+                     "pseudo_queries", "budget", "nprobe"):
             if getattr(self, name) < 0:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:

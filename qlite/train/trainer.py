@@ -88,6 +88,7 @@ class Trainer:
         self.patience_steps = max(1, round(cfg.patience * self.steps_per_epoch))
         self.rows = Rows(cache, workdir, state, cfg.train_rows)
         self.max_candidates = cfg.budget or cfg.batch_size * (cfg.k + cfg.teacher_k + 1)
+        self.identity = np.vstack([np.eye(cache.dim, dtype=np.float32), np.zeros((1, cache.dim), np.float32)])
         self.labelled_rows = np.zeros(cache.count, bool)
         self.labelled_rows[pool.pos_rows] = True
         self.window = []
@@ -160,6 +161,8 @@ class Trainer:
                     g *= cfg.clip / norm
                 adam_dense(getattr(st, name), g, getattr(st, name + "_m"), getattr(st, name + "_v"), st.adam_step,
                            lr * factor, BETA1, BETA2, EPS)
+        if cfg.head_decay and cfg.train_head:  # decoupled decay towards the identity (the untrained head)
+            st.head -= (cfg.head_lr * factor * cfg.head_decay) * (st.head - self.identity)
         t5 = time.perf_counter()
         if cfg.train_rows:
             self.rows.step(cand.rows, rows, grads["rows"], cfg.rows_lr * factor, cfg.rows_radius)
