@@ -166,6 +166,11 @@ def test_runs_side_by_side_listed_evaluated_and_removed(title_task):
     with pytest.raises(QliteError, match="other settings"):  # a name is bound to its settings
         train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, tau=0.2), run=a.run,
               threads=1)
+    with h5py.File(run_dir(path, a.run) / "run.h5", "r+") as f:  # as if trained before --head-decay existed
+        meta = json.loads(f.attrs["meta"])
+        del meta["config"]["head_decay"]
+        f.attrs["meta"] = json.dumps(meta)
+    assert train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base), threads=1).already_done
     remove_run(path, b.run)
     assert latest_run(path) == a.run
     with pytest.raises(QliteError, match="no such run"):

@@ -291,6 +291,16 @@ def _truncate_log(path: Path, step: int):
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def _with_defaults(meta: dict | None) -> dict | None:
+    """A run's stored meta, its config completed with the defaults of options added since it was trained.
+
+    A new option's default always reproduces the behaviour from before the option existed.
+    """
+    if meta is not None and isinstance(meta.get("config"), dict):
+        meta = {**meta, "config": {**TrainConfig().as_dict(), **meta["config"]}}
+    return meta
+
+
 def _diff(old: dict, new: dict) -> str:
     keys = [k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k)]
     if old.get("inputs") != new.get("inputs"):
@@ -325,7 +335,7 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
         index = open_index(cache)
     fingerprint = {"config": cfg.as_dict(), "inputs": input_fingerprint(queries_path, qrels_path, dev_qrels_path),
                    "cache": cache_identity(cache), "base_index": base_index_identity(cache)}
-    done = read_meta(workdir / "run.h5")
+    done = _with_defaults(read_meta(workdir / "run.h5"))
     if done is not None:
         if {k: done.get(k) for k in fingerprint} != fingerprint:
             raise QliteError(f"run {name!r} of {cache.path} was trained with other settings or inputs "
@@ -339,6 +349,7 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
     resumed = 0
     if (workdir / "state.h5").is_file():
         state, meta = TrainState.load(workdir / "state.h5")
+        meta = _with_defaults(meta)
         if {k: meta.get(k) for k in fingerprint} != fingerprint:
             raise QliteError(f"{workdir} holds an unfinished run with other settings or inputs "
                              f"(differs: {_diff(meta, fingerprint)}); rerun it with the same settings, choose "
