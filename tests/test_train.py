@@ -166,11 +166,17 @@ def test_runs_side_by_side_listed_evaluated_and_removed(title_task):
     with pytest.raises(QliteError, match="other settings"):  # a name is bound to its settings
         train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, tau=0.2), run=a.run,
               threads=1)
-    with h5py.File(run_dir(path, a.run) / "run.h5", "r+") as f:  # as if trained before --head-decay existed
+    old = train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, head_decay=0),
+                threads=1)
+    with h5py.File(old.path, "r+") as f:  # as if trained before --head-decay existed (it trained without decay)
         meta = json.loads(f.attrs["meta"])
         del meta["config"]["head_decay"]
         f.attrs["meta"] = json.dumps(meta)
-    assert train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base), threads=1).already_done
+    assert train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base, head_decay=0),
+                 run=old.run, threads=1).already_done
+    with pytest.raises(QliteError, match="differs: head_decay"):
+        train(path, title_task["queries"], title_task["qrels"], config=TrainConfig(**base), run=old.run, threads=1)
+    remove_run(path, old.run)
     remove_run(path, b.run)
     assert latest_run(path) == a.run
     with pytest.raises(QliteError, match="no such run"):

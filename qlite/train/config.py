@@ -10,6 +10,10 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import QliteError
 
 
+# options added after runs were stored -> the value that reproduces training from before the option existed
+ADDED_LATER = {"head_decay": 0.0}
+
+
 @dataclass
 class TrainConfig:
     # what learns: the query head, the index's codebooks and coarse centroids (shared by every passage),
@@ -36,7 +40,9 @@ class TrainConfig:
     # optimisation
     lr: float = 3e-4  # codebooks and coarse centroids (Adam)
     head_lr: float = 3e-4
-    head_decay: float = 0.0  # decoupled weight decay of the head towards the identity (per unit of head_lr)
+    # decoupled weight decay of the head towards the identity (per unit of head_lr): a leash on what the
+    # labels teach the head, chosen on dev for passages that no training query points to
+    head_decay: float = 10.0
     rows_lr: float = 0.01  # passage rows (SGD)
     rows_radius: float = 0.1  # how far (L2) a row may move from the encoder's embedding
     epochs: float = 20.0  # an epoch visits every pool query once

@@ -36,7 +36,7 @@ from ..progress import SILENT, Progress
 from ..runs import check_name, read_meta, run_dir, write_run
 from ..threads import set_threads
 from .candidates import build_candidates
-from .config import TrainConfig, lr_factor
+from .config import ADDED_LATER, TrainConfig, lr_factor
 from .kernels import adam_dense, step_gradients
 from .pool import Pool, build_pool, input_fingerprint, load_pool
 from .rows import Rows
@@ -292,12 +292,10 @@ def _truncate_log(path: Path, step: int):
 
 
 def _with_defaults(meta: dict | None) -> dict | None:
-    """A run's stored meta, its config completed with the defaults of options added since it was trained.
-
-    A new option's default always reproduces the behaviour from before the option existed.
-    """
+    """A run's stored meta, its config completed with the values that reproduce how it was trained for options
+    added since (``ADDED_LATER``)."""
     if meta is not None and isinstance(meta.get("config"), dict):
-        meta = {**meta, "config": {**TrainConfig().as_dict(), **meta["config"]}}
+        meta = {**meta, "config": {**ADDED_LATER, **meta["config"]}}
     return meta
 
 
