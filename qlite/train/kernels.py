@@ -51,47 +51,52 @@ def softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, t
     sup = np.zeros(B)
     g_s = np.zeros((B, C), np.float32)
     g_f = np.zeros((B, C), np.float32)
+    # exponentials in float32 (vectorised), computed once and kept; sums and logs in float64
+    its, itt, itf = np.float32(1.0 / tau_s), np.float32(1.0 / tau_t), np.float32(1.0 / tau_sup)
     for b in prange(B):
         if kl_weight[b] != 0.0:
-            # teacher p and student log q over every candidate
-            mt = -np.inf
-            ms = -np.inf
+            mt = np.float32(-np.inf)
+            ms = np.float32(-np.inf)
             for c in range(C):
-                mt = max(mt, t[b, c] / tau_t)
-                ms = max(ms, s[b, c] / tau_s)
+                mt = max(mt, t[b, c] * itt)
+                ms = max(ms, s[b, c] * its)
+            et = np.empty(C, np.float32)
+            es = np.empty(C, np.float32)
+            for c in range(C):
+                et[c] = np.exp(t[b, c] * itt - mt)
+                es[c] = np.exp(s[b, c] * its - ms)
             zt = 0.0
             zs = 0.0
             for c in range(C):
-                zt += math.exp(t[b, c] / tau_t - mt)
-                zs += math.exp(s[b, c] / tau_s - ms)
+                zt += et[c]
+                zs += es[c]
             lzt = mt + math.log(zt)
             lzs = ms + math.log(zs)
             acc = 0.0
             scale = kl_weight[b] / (B * tau_s)
             for c in range(C):
-                lp = t[b, c] / tau_t - lzt
-                lq = s[b, c] / tau_s - lzs
-                p = math.exp(lp)
-                acc += p * (lp - lq)
-                g_s[b, c] = _flush(np.float32((math.exp(lq) - p) * scale))
+                p = et[c] / zt
+                acc += p * ((t[b, c] * itt - lzt) - (s[b, c] * its - lzs))
+                g_s[b, c] = _flush(np.float32((es[c] / zs - p) * scale))
             kl[b] = acc
         if sup_weight[b] != 0.0:
             tgt = target[b]
-            mx = -np.inf
+            mx = np.float32(-np.inf)
             for c in range(C):
                 if c == tgt or not mask[b, c]:
-                    mx = max(mx, f[b, c] / tau_sup)
+                    mx = max(mx, f[b, c] * itf)
+            ef = np.zeros(C, np.float32)
+            for c in range(C):
+                if c == tgt or not mask[b, c]:
+                    ef[c] = np.exp(f[b, c] * itf - mx)
             z = 0.0
             for c in range(C):
-                if c == tgt or not mask[b, c]:
-                    z += math.exp(f[b, c] / tau_sup - mx)
-            logz = mx + math.log(z)
-            sup[b] = logz - f[b, tgt] / tau_sup
+                z += ef[c]
+            sup[b] = mx + math.log(z) - f[b, tgt] * itf
             scale = sup_weight[b] / (B * tau_sup)
             for c in range(C):
-                if c == tgt or not mask[b, c]:
-                    p = math.exp(f[b, c] / tau_sup - logz)
-                    g_f[b, c] = _flush(np.float32((p - (1.0 if c == tgt else 0.0)) * scale))
+                if ef[c] != 0.0 or c == tgt:
+                    g_f[b, c] = _flush(np.float32((ef[c] / z - (1.0 if c == tgt else 0.0)) * scale))
     return kl, sup, g_s, g_f
 
 
@@ -134,15 +139,27 @@ def scatter_adc_grads(grad_x, lists, codes, grad_coarse, grad_codebooks):
 
 @njit(cache=True)
 def adam_dense(params, grads, m, v, step, lr, beta1, beta2, eps):
-    """Textbook Adam on a parameter array of any shape (updated in place), ``step`` counted from 1."""
-    c1 = 1.0 - beta1 ** step
-    c2 = 1.0 - beta2 ** step
-    flat_p, flat_g, flat_m, flat_v = params.ravel(), grads.ravel(), m.ravel(), v.ravel()
-    for j in range(flat_p.shape[0]):
-        gj = flat_g[j]
-        flat_m[j] = beta1 * flat_m[j] + (1.0 - beta1) * gj
-        flat_v[j] = beta2 * flat_v[j] + (1.0 - beta2) * gj * gj
-        flat_p[j] -= lr * (flat_m[j] / c1) / (math.sqrt(flat_v[j] / c2) + eps)
+    """Textbook Adam on a C-contiguous float32 parameter array of any shape (updated in place), ``step``
+    counted from 1.
+
+    Computed in float32 like the arrays (float64 constants would make every element a float64 round trip),
+    element by element in parallel: the result does not depend on the thread count.
+    """
+    # the flat views are taken here: under parallel=True, ravel() and reshape() copy
+    _adam_flat(params.ravel(), grads.ravel(), m.ravel(), v.ravel(), np.float32(beta1), np.float32(beta2),
+               np.float32(1.0 - beta1), np.float32(1.0 - beta2), np.float32(1.0 / (1.0 - beta1 ** step)),
+               np.float32(1.0 / (1.0 - beta2 ** step)), np.float32(lr), np.float32(eps))
+
+
+@njit(parallel=True, cache=True)
+def _adam_flat(p, g, m, v, b1, b2, a1, a2, inv_c1, inv_c2, lr, eps):
+    for j in prange(p.shape[0]):
+        gj = g[j]
+        mj = b1 * m[j] + a1 * gj
+        vj = b2 * v[j] + a2 * gj * gj
+        m[j] = mj
+        v[j] = vj
+        p[j] -= lr * (mj * inv_c1) / (np.sqrt(vj * inv_c2) + eps)
 
 
 @njit(parallel=True, cache=True)
@@ -169,7 +186,7 @@ def sgd_rows_in_radius(rows, grads, origin, lr, radius):
 
 
 def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_weight, sup_weight,
-                   tau_s, tau_t, tau_sup, teacher_head=True, supervised_head=True):
+                   tau_s, tau_t, tau_sup, teacher_head=True, supervised_head=True, row_grads=True):
     """Loss and gradients of one step over a shared candidate set.
 
     q [B, d] float32: the encoder's query embeddings.  head [d + 1, d]: h = [q, 1] @ head.
@@ -181,7 +198,7 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
 
     Returns (kl, sup, grads) with kl and sup the mean losses and grads a dict of float32 arrays:
     ``head`` [d + 1, d], ``coarse`` [nlist, d] and ``codebooks`` (zero where no candidate used them),
-    and ``rows`` [C, d] (dL/d rows, from the supervised loss).
+    and ``rows`` [C, d] (dL/d rows, from the supervised loss; None unless ``row_grads``).
     """
     q1 = np.hstack([q, np.ones((len(q), 1), np.float32)])
     h = (q1 @ head).astype(np.float32)
@@ -199,6 +216,6 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     grad_codebooks = np.zeros_like(codebooks)
     scatter_adc_grads(np.ascontiguousarray(g_s.T @ u), lists, codes, grad_coarse, grad_codebooks)
     grads = {"head": (q1.T @ grad_h).astype(np.float32), "coarse": grad_coarse, "codebooks": grad_codebooks,
-             "rows": (g_f.T @ h).astype(np.float32)}
+             "rows": (g_f.T @ h).astype(np.float32) if row_grads else None}
     B = len(q)
     return float((kl_weight * kl).sum() / B), float((sup_weight * sup).sum() / B), grads

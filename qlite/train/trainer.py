@@ -149,7 +149,7 @@ class Trainer:
         kl, sup, grads = step_gradients(q, st.head, self.index.rotation, rows, lists, codes, st.coarse, st.codebooks,
                                         cand.target, mask, kl_w, sup_w, cfg.tau, cfg.tau_teacher,
                                         cfg.tau_supervised, teacher_head=cfg.supervised > 0,
-                                        supervised_head=cfg.supervised_head)
+                                        supervised_head=cfg.supervised_head, row_grads=cfg.train_rows)
         t4 = time.perf_counter()
         st.adam_step += 1
         for name, on, lr in (("head", cfg.train_head, cfg.head_lr), ("coarse", cfg.train_coarse, cfg.lr),
