@@ -8,8 +8,8 @@ one on real batches (same order and arguments as ``step_gradients`` and the Adam
 are not updated while profiling): the search, the candidates, the gathers, every product and Numba
 kernel of the loss and gradients, and the norm + Adam of each parameter array.  Each line is the
 median ms over ``--steps`` batches, with the BLAS on each thread count of ``--blas`` (the trainer runs
-it on one: ``Trainer.run`` wraps training in ``one_blas_thread``).  Also times a few alternatives that
-the trainer could use (marked "alt"), for the report's suggestions.
+it on one: ``Trainer.run`` wraps training in ``one_blas_thread``).  (Its earlier prototypes, a float32
+softmax with kept exponentials and a parallel float32 Adam, are now the trainer's kernels.)
 """
 import argparse
 import statistics
@@ -17,89 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
 
 
-MISMATCH = {}
-
-
-def check(name, ref, got):
-    err = float(np.abs(np.asarray(ref, np.float64) - got).max()) / (float(np.abs(ref).max()) or 1.0)
-    MISMATCH[name] = max(MISMATCH.get(name, 0.0), err)
-
-
-@njit(parallel=True, fastmath=True, cache=False)
-def alt_softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup):
-    """softmax_losses in float32 with the exponentials computed once and kept (a prototype: same outputs)."""
-    B, C = s.shape
-    kl = np.zeros(B)
-    sup = np.zeros(B)
-    g_s = np.zeros((B, C), np.float32)
-    g_f = np.zeros((B, C), np.float32)
-    its, itt, itf = np.float32(1.0 / tau_s), np.float32(1.0 / tau_t), np.float32(1.0 / tau_sup)
-    for b in prange(B):
-        if kl_weight[b] != 0.0:
-            es = np.empty(C, np.float32)
-            et = np.empty(C, np.float32)
-            ms = np.float32(-np.inf)
-            mt = np.float32(-np.inf)
-            for c in range(C):
-                ms = max(ms, s[b, c] * its)
-                mt = max(mt, t[b, c] * itt)
-            zs = np.float32(0.0)
-            zt = np.float32(0.0)
-            for c in range(C):
-                es[c] = np.exp(s[b, c] * its - ms)
-                et[c] = np.exp(t[b, c] * itt - mt)
-                zs += es[c]
-                zt += et[c]
-            lzs, lzt = np.log(zs), np.log(zt)
-            scale = np.float32(kl_weight[b] / (B * tau_s))
-            acc = np.float32(0.0)
-            for c in range(C):
-                p = et[c] / zt
-                acc += p * ((t[b, c] * itt - mt - lzt) - (s[b, c] * its - ms - lzs))
-                g = (es[c] / zs - p) * scale
-                g_s[b, c] = g if abs(g) >= 1e-30 else np.float32(0.0)
-            kl[b] = acc
-        if sup_weight[b] != 0.0:
-            tgt = target[b]
-            mx = np.float32(-np.inf)
-            for c in range(C):
-                if c == tgt or not mask[b, c]:
-                    mx = max(mx, f[b, c] * itf)
-            ef = np.empty(C, np.float32)
-            z = np.float32(0.0)
-            for c in range(C):
-                ef[c] = np.exp(f[b, c] * itf - mx) if c == tgt or not mask[b, c] else np.float32(0.0)
-                z += ef[c]
-            sup[b] = mx + np.log(z) - f[b, tgt] * itf
-            scale = np.float32(sup_weight[b] / (B * tau_sup))
-            for c in range(C):
-                g = (ef[c] / z - (np.float32(1.0) if c == tgt else np.float32(0.0))) * scale
-                g_f[b, c] = g if abs(g) >= 1e-30 else np.float32(0.0)
-    return kl, sup, g_s, g_f
-
-
-def alt_adam(params, grads, m, v, step, lr, beta1, beta2, eps):
-    """adam_dense with float32 arithmetic over threads (a prototype).  The arrays are flattened here: inside a
-    parallel kernel Numba's ravel / reshape make copies, and the update would be lost."""
-    _alt_adam(params.reshape(-1), grads.reshape(-1), m.reshape(-1), v.reshape(-1), step, lr, beta1, beta2, eps)
-
-
-@njit(parallel=True, fastmath=True, cache=False)
-def _alt_adam(fp, fg, fm, fv, step, lr, beta1, beta2, eps):
-    c1 = np.float32(1.0 - beta1 ** step)
-    c2 = np.float32(1.0 - beta2 ** step)
-    b1, b2, lr32, eps32 = np.float32(beta1), np.float32(beta2), np.float32(lr), np.float32(eps)
-    for j in prange(fp.shape[0]):
-        gj = fg[j]
-        fm[j] = b1 * fm[j] + (np.float32(1.0) - b1) * gj
-        fv[j] = b2 * fv[j] + (np.float32(1.0) - b2) * gj * gj
-        fp[j] -= lr32 * (fm[j] / c1) / (np.sqrt(fv[j] / c2) + eps32)
-
-
-def profile(tr, cfg, steps, alt):
+def profile(tr, cfg, steps):
     from qlite.train.candidates import build_candidates
     from qlite.train.kernels import adam_dense, reconstruct, scatter_adc_grads, softmax_losses
 
@@ -142,23 +62,13 @@ def profile(tr, cfg, steps, alt):
         gx = timed("grads: g_s.T @ u", lambda: np.ascontiguousarray(g_s.T @ u))
         timed("grads: scatter_adc_grads", scatter_adc_grads, gx, lists, codes, gc, gcb)
         gh = timed("grads: q1.T @ grad_h", lambda: (q1.T @ grad_h).astype(np.float32))
-        timed("grads: rows = g_f.T @ h (unused: rows frozen)", lambda: (g_f.T @ h).astype(np.float32))
+        if cfg.train_rows:
+            timed("grads: rows = g_f.T @ h", lambda: (g_f.T @ h).astype(np.float32))
         for name, g in (("head", gh), ("coarse", gc), ("codebooks", gcb)):
             p = getattr(st, name).copy()
             m, v = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy()
             timed(f"adam: norm {name}", lambda: float(np.sqrt((g.astype(np.float64) ** 2).sum())))
             timed(f"adam: adam_dense {name}", adam_dense, p, g, m, v, st.adam_step + 1, 1e-4, 0.9, 0.999, 1e-8)
-            if alt:
-                timed(f"alt adam: float32 dot norm {name}", lambda: float(np.sqrt(np.dot(g.ravel(), g.ravel()))))
-                m2, v2, p2 = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy(), getattr(st, name).copy()
-                timed(f"alt adam: parallel float32 {name}", alt_adam, p2, g, m2, v2, st.adam_step + 1, 1e-4, 0.9,
-                      0.999, 1e-8)
-                check("alt adam", p, p2)
-        if alt:
-            out = timed("alt grads: softmax_losses float32, exps kept", alt_softmax_losses, s, f, t, cand.mask,
-                        cand.target, kl_w, sup_w, cfg.tau, cfg.tau_teacher, cfg.tau_supervised)
-            check("alt softmax g_s", g_s, out[2])
-            check("alt softmax g_f", g_f, out[3])
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
@@ -171,7 +81,6 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blas", default="1,2", help="BLAS thread counts to profile with")
     ap.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE")
-    ap.add_argument("--no-alt", dest="alt", action="store_false")
     a = ap.parse_args()
 
     import tempfile
@@ -205,7 +114,7 @@ def main():
         results = {}
         for n in [int(x) for x in a.blas.split(",")]:
             with threadpool_limits(limits=n, user_api="blas"):
-                results[n] = profile(tr, cfg, a.steps, a.alt)
+                results[n] = profile(tr, cfg, a.steps)
     keys = list(next(iter(results.values())))
     print(f"{a.cache}: {cache.count:,} x {d}, nlist {index.params.nlist}, M {index.params.m}, B {cfg.batch_size}, "
           f"k {cfg.k}, {a.threads} Numba threads; median ms over {a.steps} batches\n")
@@ -213,14 +122,10 @@ def main():
     print("|---|" + "---:|" * len(results))
     for k in keys:
         print(f"| {k} | " + " | ".join(f"{r[k]:.2f}" for r in results.values()) + " |")
-    if MISMATCH:
-        print("\nprototypes against the trainer's kernels, max |diff| / max |value|: " +
-              ", ".join(f"{k} {v:.1e}" for k, v in MISMATCH.items()))
     for n, r in results.items():
         parts = {}
         for k, v in r.items():
-            if not k.startswith("alt"):
-                parts[k.split(":")[0]] = parts.get(k.split(":")[0], 0.0) + v
+            parts[k.split(":")[0]] = parts.get(k.split(":")[0], 0.0) + v
         print(f"\nBLAS {n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()) +
               f"; total {sum(parts.values()):.1f} ms")
 
