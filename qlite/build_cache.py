@@ -58,7 +58,8 @@ class BuildResult:
             c = self.changes
             what = (f"updated: {c['unchanged']:,} unchanged, {c['edited']:,} edited, {c['added']:,} added, "
                     f"{c['removed']:,} removed; ")
-        return (f"{what}encoded {self.encoded:,} passages in {self.seconds:.1f} s ({rate:.1f} passages/s{resumed}); "
+        noun = "passage" if self.encoded == 1 else "passages"
+        return (f"{what}encoded {self.encoded:,} {noun} in {self.seconds:.1f} s ({rate:.1f} passages/s{resumed}); "
                 f"{self.truncated:,} truncated; {self.rows:,} rows in {self.path} "
                 f"({human_bytes(self.path.stat().st_size)})")
 
@@ -230,7 +231,8 @@ def _update(corpus: Path, out: Path, spec, max_length, batch_size, threads, prog
     if existing is None:
         attrs = {**old.attrs, "corpus_path": str(corpus.resolve()), "corpus_sha256": scan.sha256,
                  "corpus_bytes": scan.bytes, "corpus_count": scan.count,
-                 "previous_corpus_sha256": old.attrs.get("corpus_sha256", ""), "previous_count": old.count}
+                 "previous_corpus_sha256": old.attrs.get("corpus_sha256", ""), "previous_count": old.count,
+                 **{f"update_{k}": v for k, v in changes.items()}}  # for qlite info: what the last update changed
         for key in ("count", "dim", "qlite_version"):
             attrs.pop(key, None)
         create_cache(pending, scan.ids, old.dim, attrs, text_hashes=scan.text_hashes, source_rows=source)

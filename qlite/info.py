@@ -9,6 +9,9 @@ from .progress import human_bytes
 from .runs import list_runs, runs_dir
 
 
+UPDATE_COUNTS = ("unchanged", "edited", "added", "removed")
+
+
 def runs_info(cache_path) -> list[dict]:
     out = []
     for r in list_runs(cache_path):
@@ -40,7 +43,10 @@ def cache_info(cache_path) -> dict:
                           "sha256": a.get("model_sha256")},
                 "corpus": {"path": a.get("corpus_path"), "bytes": a.get("corpus_bytes"),
                            "sha256": a.get("corpus_sha256")},
-                "qlite_version": a.get("qlite_version")}
+                "qlite_version": a.get("qlite_version"),
+                "last_update": ({"previous_rows": int(a["previous_count"]),
+                                 **{k: int(a[f"update_{k}"]) for k in UPDATE_COUNTS}}
+                                if all(f"update_{k}" in a for k in UPDATE_COUNTS) else None)}
     index_path = default_index_path(cache_path)
     info["index"] = None
     if index_path.is_file():
@@ -77,6 +83,10 @@ def format_info(info: dict) -> str:
              ("model", f"{m['name']} (pooling {m['pooling']}, {'normalised' if m['normalize'] else 'not normalised'}, "
                        f"max length {m['max_length']}, sha256 {str(m['sha256'] or '')[:12]})"),
              ("corpus", f"{c['path']} ({human_bytes(c['bytes'] or 0)}, sha256 {str(c['sha256'] or '')[:12]})")]
+    up = info.get("last_update")
+    if up:
+        lines.append(("update", f"from {up['previous_rows']:,} rows: " +
+                      ", ".join(f"{up[k]:,} {k}" for k in UPDATE_COUNTS)))
     ix = info["index"]
     if ix is None:
         lines.append(("index", "none (qlite index build CACHE)"))

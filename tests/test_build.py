@@ -171,8 +171,14 @@ def test_update_encodes_only_changed_passages_and_brings_index_and_runs_along(tm
     res = build_cache(v2, cache, model_dir=tiny_model, update=True, threads=1)
     assert res.changes == {"unchanged": 45, "edited": 2, "added": 10, "removed": 3} and res.encoded == 12
     assert "updated: 45 unchanged, 2 edited, 10 added, 3 removed" in res.summary()
+    from qlite.info import cache_info, format_info
+
+    info = cache_info(cache)  # qlite info says what the last update changed
+    assert info["last_update"] == {"previous_rows": 50, "unchanged": 45, "edited": 2, "added": 10, "removed": 3}
+    assert "update:  from 50 rows: 45 unchanged, 2 edited, 10 added, 3 removed" in format_info(info)
     fresh = tmp_path / "fresh.h5"
     build_cache(v2, fresh, model_dir=tiny_model, chunk_rows=16, threads=1)
+    assert cache_info(fresh)["last_update"] is None  # a full build is no update
     with Cache(cache) as c, Cache(fresh) as f:
         np.testing.assert_array_equal(c.ids, f.ids)
         np.testing.assert_allclose(c.embeddings, f.embeddings, atol=1e-6)  # encoded in other batches: ~1 ulp
