@@ -92,7 +92,7 @@ def main():
     from qlite.index.ivfpq import one_blas_thread
     from qlite.threads import set_threads
     from qlite.train.pool import load_pool
-    from qlite.train.state import TrainState
+    from qlite.train.state import TrainState, identity_head
     from qlite.train.trainer import Trainer
 
     import bench_train
@@ -104,8 +104,7 @@ def main():
     a.steps_total = a.warmup + len(a.blas.split(",")) * a.steps
     cfg = bench_train.config(a, steps=a.steps_total + 1)
     d = cache.dim
-    head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
-    state = TrainState.start(head, index.coarse.astype(np.float32), index.pq.codebooks.astype(np.float32))
+    state = TrainState.start(identity_head(d), index.coarse.astype(np.float32), index.pq.codebooks.astype(np.float32))
     with tempfile.TemporaryDirectory() as work:
         tr = Trainer(cache, cfg, Path(work), pool, index, state, {"name": "profile"})
         with one_blas_thread():

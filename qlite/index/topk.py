@@ -112,7 +112,7 @@ def reservoir_add(rs, rr, size, s, r, keep, ws, wr):
     return size, ws, wr
 
 
-# -- probing ------------------------------------------------------------------------------------
+# -- best k of a candidate matrix ----------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
 def best_k(scores, rows, k):
@@ -132,7 +132,7 @@ def best_k(scores, rows, k):
     return out_s, out_r
 
 
-# -- planning -----------------------------------------------------------------------------------
+# -- merging per-thread parts --------------------------------------------------------------------
 
 @njit(inline="always")
 def _merge_one(heap_s, heap_r, heap_n, qi, sort, hs, hr):
@@ -184,6 +184,3 @@ def merge_parts_serial(heap_s, heap_r, heap_n, k, sort=True):
     for qi in range(nq):
         _merge_one(heap_s, heap_r, heap_n, qi, sort, out_s[qi], out_r[qi])
     return out_s, out_r
-
-
-# -- tables -------------------------------------------------------------------------------------

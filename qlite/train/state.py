@@ -20,6 +20,11 @@ FORMAT = "qlite-train-state-2"
 PARAMS = ("head", "coarse", "codebooks")
 
 
+def identity_head(d: int) -> np.ndarray:
+    """The untrained query head [d + 1, d] float32: h = [q, 1] @ head = q."""
+    return np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
+
+
 def _array():
     return field(default=None, metadata={"array": True})
 

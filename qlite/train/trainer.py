@@ -40,7 +40,7 @@ from .config import ADDED_LATER, TrainConfig, lr_factor
 from .kernels import adam_dense, step_gradients
 from .pool import Pool, build_pool, input_fingerprint, load_pool
 from .rows import Rows
-from .state import PARAMS, TrainState
+from .state import PARAMS, TrainState, identity_head
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 LOG_EVERY = 10
@@ -88,7 +88,7 @@ class Trainer:
         self.patience_steps = max(1, round(cfg.patience * self.steps_per_epoch))
         self.rows = Rows(cache, workdir, state, cfg.train_rows)
         self.max_candidates = cfg.budget or cfg.batch_size * (cfg.k + cfg.teacher_k + 1)
-        self.identity = np.vstack([np.eye(cache.dim, dtype=np.float32), np.zeros((1, cache.dim), np.float32)])
+        self.identity = identity_head(cache.dim)
         self.labelled_rows = np.zeros(cache.count, bool)
         self.labelled_rows[pool.pos_rows] = True
         self.window = []
@@ -291,7 +291,7 @@ def _truncate_log(path: Path, step: int):
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _with_defaults(meta: dict | None) -> dict | None:
+def _with_added_options(meta: dict | None) -> dict | None:
     """A run's stored meta, its config completed with the values that reproduce how it was trained for options
     added since (``ADDED_LATER``)."""
     if meta is not None and isinstance(meta.get("config"), dict):
@@ -333,7 +333,7 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
         index = open_index(cache)
     fingerprint = {"config": cfg.as_dict(), "inputs": input_fingerprint(queries_path, qrels_path, dev_qrels_path),
                    "cache": cache_identity(cache), "base_index": base_index_identity(cache)}
-    done = _with_defaults(read_meta(workdir / "run.h5"))
+    done = _with_added_options(read_meta(workdir / "run.h5"))
     if done is not None:
         if {k: done.get(k) for k in fingerprint} != fingerprint:
             raise QliteError(f"run {name!r} of {cache.path} was trained with other settings or inputs "
@@ -347,7 +347,7 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
     resumed = 0
     if (workdir / "state.h5").is_file():
         state, meta = TrainState.load(workdir / "state.h5")
-        meta = _with_defaults(meta)
+        meta = _with_added_options(meta)
         if {k: meta.get(k) for k in fingerprint} != fingerprint:
             raise QliteError(f"{workdir} holds an unfinished run with other settings or inputs "
                              f"(differs: {_diff(meta, fingerprint)}); rerun it with the same settings, choose "
@@ -363,9 +363,8 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
         (workdir / "log.jsonl").unlink(missing_ok=True)
         pool = build_pool(cache, cfg, queries_path, qrels_path, dev_qrels_path, threads, progress,
                           workdir / "pool.h5")
-        d = cache.dim
-        head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
-        state = TrainState.start(head, index.coarse.astype(np.float32), index.pq.codebooks.astype(np.float32))
+        state = TrainState.start(identity_head(cache.dim), index.coarse.astype(np.float32),
+                                 index.pq.codebooks.astype(np.float32))
         meta = {**fingerprint, "name": name, "started_at": _now(), "queries": pool.describe(),
                 "dev_metric": pool.dev.metric if pool.dev is not None else None, "dev_split": pool.dev_split}
         trainer = Trainer(cache, cfg, workdir, pool, index, state, meta, progress)
