@@ -3,7 +3,31 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 _blas_limit = None  # the threadpoolctl limiter in force; kept so the limit is held for the process
+_blas_libraries = None
+
+
+class one_blas_thread:
+    """Context: the BLAS on one thread.  Its idle workers spin for tens of ms after each call; during a
+    search they take the cores the Numba scan runs on (measured: the batched table product ran 35x
+    slower with two BLAS threads on a busy 2-core machine, and the scan after it 1.5x slower).
+    Sets the libraries' thread count directly: threadpoolctl's limit() costs ~20 us per use."""
+
+    def __enter__(self):
+        global _blas_libraries
+        if _blas_libraries is None:
+            from threadpoolctl import ThreadpoolController
+            _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.before = [lib.num_threads for lib in _blas_libraries]
+        for lib in _blas_libraries:
+            lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in zip(_blas_libraries, self.before):
+            lib.set_num_threads(n)
 
 
 def default_threads() -> int:
@@ -29,3 +53,63 @@ def set_threads(n: int | None) -> int:
     # not used as a context manager: the limit holds until replaced, not until a block ends
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
     return n
+
+
+# -- products split over threads ------------------------------------------------------------
+# Below this many multiply-adds a product runs whole: handing pieces to the pool costs ~50 us.
+SPLIT_FROM_MACS = 1 << 21
+# Pieces are cut by shape alone (never by thread count), so a product's bits do not depend on the
+# threads that run it: at most MAX_PIECES pieces of at least MIN_PIECE rows (or columns) each.
+MAX_PIECES = 8
+MIN_PIECE = 32
+_pool = None
+
+
+def _thread_pool(n):
+    global _pool
+    if _pool is None or _pool._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(n, thread_name_prefix="qlite-matmul")
+    return _pool
+
+
+def piece_bounds(length: int) -> list:
+    """[(start, stop)]: ``length`` cut into equal pieces (by shape only, see MAX_PIECES)."""
+    pieces = max(1, min(MAX_PIECES, length // MIN_PIECE))
+    cuts = [length * p // pieces for p in range(pieces + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-d arrays, its output cut into pieces that the threads compute at once.
+
+    Each piece is one NumPy product on whatever BLAS threads are allowed; callers run it under one BLAS
+    thread (``one_blas_thread``), whose products would otherwise use one core.  A BLAS thread team
+    would cost more: its workers spin after each call and take the cores Numba's kernels run on.  NumPy
+    releases the GIL during the product, so Python threads suffice.  The output is cut by rows where
+    there are enough, else by columns.  ``out`` (optional): [n, m] of the result's dtype.
+    """
+    import numba
+
+    n, k = a.shape
+    m = b.shape[1]
+    if out is None:
+        out = np.empty((n, m), np.result_type(a, b))
+    if n * k * m < SPLIT_FROM_MACS:
+        return np.matmul(a, b, out=out)
+    if n >= 2 * MIN_PIECE or n >= m:  # rows first: a piece of rows streams b once, with no strided writes
+        def piece(bounds):
+            np.matmul(a[bounds[0]:bounds[1]], b, out=out[bounds[0]:bounds[1]])
+        pieces = piece_bounds(n)
+    else:
+        def piece(bounds):
+            np.matmul(a, b[:, bounds[0]:bounds[1]], out=out[:, bounds[0]:bounds[1]])
+        pieces = piece_bounds(m)
+    threads = numba.get_num_threads()
+    if threads == 1:  # the same pieces, one after another: the bits never depend on the thread count
+        for bounds in pieces:
+            piece(bounds)
+    else:
+        for _ in _thread_pool(threads).map(piece, pieces):
+            pass
+    return out

@@ -188,7 +188,7 @@ def pool_child(a, mem):
 
 # -- qlite --------------------------------------------------------------------------------------
 def run_qlite(a, mem):
-    from qlite.index.ivfpq import one_blas_thread
+    from qlite.threads import one_blas_thread
     from qlite.train.state import TrainState
     from qlite.train.trainer import LOG_EVERY, Trainer
 
@@ -411,7 +411,7 @@ def run_torch(a, mem):
 def compare_mining(index, miner, model, pool, q_all, cfg, nprobe, n_batches):
     """Median ms per batch of qlite's index and of faiss on the same batches (same parameters), alternating;
     and how many of faiss's top-k hits qlite's search returns too (the same lists and codes: ~1)."""
-    from qlite.index.ivfpq import one_blas_thread
+    from qlite.threads import one_blas_thread
 
     miner.sync(model.coarse.detach().numpy(), model.codebooks.detach().numpy())
     rng = np.random.default_rng(5)

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from ..errors import QliteError
+from ..threads import matmul, one_blas_thread
 from .kmeans import assign, kmeans, sample_rows
 from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
@@ -37,28 +38,6 @@ SEARCH_MEMORY_BYTES = 64 << 20
 SERIAL_BELOW = 8
 # fast-scan seeds thresholds query-parallel (fastscan.seed_nibbles) from this many queries per thread
 SEED_FROM = 4
-_blas_libraries = None
-
-
-class one_blas_thread:
-    """Context: the BLAS on one thread.  Its idle workers spin for tens of ms after each call; during a
-    search they take the cores the Numba scan runs on (measured: the batched table product ran 35x
-    slower with two BLAS threads on a busy 2-core machine, and the scan after it 1.5x slower).
-    Sets the libraries' thread count directly: threadpoolctl's limit() costs ~20 us per use."""
-
-    def __enter__(self):
-        global _blas_libraries
-        if _blas_libraries is None:
-            from threadpoolctl import ThreadpoolController
-            _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.before = [lib.num_threads for lib in _blas_libraries]
-        for lib in _blas_libraries:
-            lib.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        for lib, n in zip(_blas_libraries, self.before):
-            lib.set_num_threads(n)
 
 
 @dataclass(frozen=True)
@@ -268,7 +247,7 @@ class IVFPQIndex:
         matters).  base is the list's share of the score: <q, c> for ip, -||q - c||^2 for l2.
         """
         l2 = self.params.metric == "l2"
-        dots = q_rot @ self.coarse.T
+        dots = matmul(q_rot, self.coarse.T)  # [nq, nlist]: a large product for a batch, dealt to the threads
         c_norms = np.einsum("ld,ld->l", self.coarse, self.coarse)
         q_norms2 = np.einsum("qd,qd->q", q_rot, q_rot)
         if l2:

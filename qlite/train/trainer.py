@@ -30,11 +30,10 @@ import numpy as np
 from ..cache import Cache
 from ..errors import QliteError
 from ..lock import cache_lock
-from ..index.ivfpq import one_blas_thread
 from ..metrics import evaluate_run
 from ..progress import SILENT, Progress
 from ..runs import check_name, read_meta, run_dir, write_run
-from ..threads import set_threads
+from ..threads import one_blas_thread, set_threads
 from .candidates import build_candidates
 from .config import ADDED_LATER, TrainConfig, lr_factor
 from .kernels import adam_dense, step_gradients
