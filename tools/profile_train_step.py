@@ -8,7 +8,8 @@ one on real batches (same order and arguments as ``step_gradients`` and the Adam
 are not updated while profiling): the search, the candidates, the gathers, every product and Numba
 kernel of the loss and gradients, and the norm + Adam of each parameter array.  Each line is the
 median ms over ``--steps`` batches, with the BLAS on each thread count of ``--blas`` (the trainer runs
-it on one: ``Trainer.run`` wraps training in ``one_blas_thread``).  (Its earlier prototypes, a float32
+it on one, ``Trainer.run`` wraps training in ``one_blas_thread``, and deals the large products' pieces to
+its threads with ``qlite.threads.matmul``).  (Its earlier prototypes, a float32
 softmax with kept exponentials and a parallel float32 Adam, are now the trainer's kernels.)
 """
 import argparse
@@ -21,6 +22,7 @@ import numpy as np
 
 def profile(tr, cfg, steps):
     from qlite.train.candidates import build_candidates
+    from qlite.threads import matmul
     from qlite.train.kernels import adam_dense, reconstruct, scatter_adc_grads, softmax_losses
 
     st, index, pool = tr.state, tr.index, tr.pool
@@ -47,23 +49,24 @@ def profile(tr, cfg, steps):
         h = timed("grads: h = q1 @ head", lambda: (q1 @ st.head).astype(np.float32))
         u = timed("grads: u = h @ R", lambda: h @ R) if R is not None else h
         xhat = timed("grads: reconstruct xhat", reconstruct, lists, codes, st.coarse, st.codebooks)
-        s = timed("grads: s = u @ xhat.T", lambda: u @ xhat.T)
-        f = timed("grads: f = h @ rows.T", lambda: h @ rows.T)
-        t = f if cfg.supervised > 0 else timed("grads: t = q @ rows.T", lambda: q @ rows.T)
+        s = timed("grads: s = u @ xhat.T", lambda: matmul(u, xhat.T))
+        f = timed("grads: f = h @ rows.T", lambda: matmul(h, rows.T))
+        t = f if cfg.supervised > 0 else timed("grads: t = q @ rows.T", lambda: matmul(q, rows.T))
         kl_w = np.full(len(idx), cfg.distill)
         sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
         kl, sup, g_s, g_f = timed("grads: softmax_losses", softmax_losses, s, f, t, cand.mask, cand.target, kl_w,
                                   sup_w, cfg.tau, cfg.tau_teacher, cfg.tau_supervised)
-        grad_u = timed("grads: g_s @ xhat", lambda: g_s @ xhat)
+        grad_u = timed("grads: g_s @ xhat", lambda: matmul(g_s, xhat))
         grad_h = timed("grads: grad_u @ R.T", lambda: grad_u @ R.T) if R is not None else grad_u
-        grad_h = timed("grads: + g_f @ rows", lambda: grad_h + g_f @ rows)
+        lab = np.flatnonzero(sup_w)
+        timed("grads: + g_f @ rows (labelled)", lambda: grad_h[lab] + matmul(g_f[lab], rows))
         gc = timed("grads: zeros (coarse, codebooks)", np.zeros_like, st.coarse)
         gcb = np.zeros_like(st.codebooks)
-        gx = timed("grads: g_s.T @ u", lambda: np.ascontiguousarray(g_s.T @ u))
+        gx = timed("grads: g_s.T @ u", lambda: matmul(g_s.T, u))
         timed("grads: scatter_adc_grads", scatter_adc_grads, gx, lists, codes, gc, gcb)
         gh = timed("grads: q1.T @ grad_h", lambda: (q1.T @ grad_h).astype(np.float32))
         if cfg.train_rows:
-            timed("grads: rows = g_f.T @ h", lambda: (g_f.T @ h).astype(np.float32))
+            timed("grads: rows = g_f.T @ h", lambda: matmul(g_f[lab].T, h[lab]))
         for name, g in (("head", gh), ("coarse", gc), ("codebooks", gcb)):
             p = getattr(st, name).copy()
             m, v = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy()
@@ -89,7 +92,7 @@ def main():
 
     from qlite.cache import Cache
     from qlite.index.build import open_index
-    from qlite.index.ivfpq import one_blas_thread
+    from qlite.threads import one_blas_thread
     from qlite.threads import set_threads
     from qlite.train.pool import load_pool
     from qlite.train.state import TrainState, identity_head

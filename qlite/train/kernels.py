@@ -18,7 +18,8 @@ Two losses over the same candidates, each a softmax per query:
 
 Both are averaged over the B queries.  dL/ds and dL/df come out of one pass; the products that
 carry them back to the head, the codebooks, the coarse centroids and the rows are BLAS matrix
-products (``step_gradients``) plus the scatter kernel below.
+products (``step_gradients``, cut into pieces for the threads by ``qlite.threads.matmul``) plus the
+scatter kernel below.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import math
 
 import numpy as np
 from numba import njit, prange
+
+from ..threads import matmul
 
 
 @njit(inline="always")
@@ -204,18 +207,21 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     h = (q1 @ head).astype(np.float32)
     u = h @ rotation if rotation is not None else h
     xhat = reconstruct(lists, codes, coarse, codebooks)
-    s = u @ xhat.T
-    f = h @ rows.T
-    t = f if teacher_head else q @ rows.T
+    # the [B, C] x d products are most of a step: matmul deals their pieces to the threads
+    s = matmul(u, xhat.T)
+    f = matmul(h, rows.T)
+    t = f if teacher_head else matmul(q, rows.T)
     kl, sup, g_s, g_f = softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup)
-    grad_u = g_s @ xhat
+    grad_u = matmul(g_s, xhat)
     grad_h = grad_u @ rotation.T if rotation is not None else grad_u
-    if supervised_head:  # else the labels reach the rows only
-        grad_h = grad_h + g_f @ rows
+    # g_f is zero outside the labelled queries (often a few of a batch, the rest being pseudo-queries)
+    labelled = np.flatnonzero(sup_weight)
+    if supervised_head and len(labelled):  # else the labels reach the rows only
+        grad_h[labelled] += matmul(g_f[labelled], rows)
     grad_coarse = np.zeros_like(coarse)
     grad_codebooks = np.zeros_like(codebooks)
-    scatter_adc_grads(np.ascontiguousarray(g_s.T @ u), lists, codes, grad_coarse, grad_codebooks)
+    scatter_adc_grads(matmul(g_s.T, u), lists, codes, grad_coarse, grad_codebooks)
     grads = {"head": (q1.T @ grad_h).astype(np.float32), "coarse": grad_coarse, "codebooks": grad_codebooks,
-             "rows": (g_f.T @ h).astype(np.float32) if row_grads else None}
+             "rows": matmul(g_f[labelled].T, h[labelled]).astype(np.float32) if row_grads else None}
     B = len(q)
     return float((kl_weight * kl).sum() / B), float((sup_weight * sup).sum() / B), grads
