@@ -23,6 +23,20 @@ def test_flat_search_equals_full_sort_across_blocks():
         np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-4, atol=1e-4)
 
 
+def test_flat_search_ties_go_to_the_lower_row_whatever_the_block():
+    rng = np.random.default_rng(1)
+    # small integers: every product is exact, so equal rows score exactly equal in any block
+    base = rng.integers(-3, 4, (50, 8)).astype(np.float32)
+    emb = np.repeat(base, 6, axis=0)[rng.permutation(300)]  # every score appears at least 6 times
+    q = rng.integers(-3, 4, (5, 8)).astype(np.float32)
+    full = q @ emb.T
+    want = np.lexsort((np.broadcast_to(np.arange(300), full.shape), -full), axis=1)[:, :20]  # oracle
+    for block_rows in (7, 64, 300, None):
+        scores, rows = flat_search(emb, q, 20, block_rows=block_rows)
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(scores, np.take_along_axis(full, want, 1))
+
+
 def test_flat_search_k_larger_than_n_and_bad_k():
     emb = np.eye(3, dtype=np.float32)
     s, r = flat_search(emb, emb[:1], 10)
