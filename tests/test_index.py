@@ -111,6 +111,22 @@ def test_probes_equal_the_oracle_and_ignore_the_query_length(data):
     np.testing.assert_allclose(s7, 7 * s, rtol=1e-5, atol=1e-5)
 
 
+def test_few_queries_probe_through_one_pass_over_the_centroids(data):
+    from qlite.index.probe import dots_and_norms
+
+    x, q = data
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(x)
+    dots, norms = dots_and_norms(np.ascontiguousarray(q[:3]), index.coarse)
+    c64 = index.coarse.astype(np.float64)
+    np.testing.assert_allclose(dots, q[:3].astype(np.float64) @ c64.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norms, (c64 * c64).sum(1), rtol=1e-5, atol=1e-6)
+    want_p, want_b = probe_oracle(index, q, 5)
+    for i in range(3):  # a batch of one takes this path: the same lists as the oracle
+        probes, base = index.probe(q[i:i + 1], 5)
+        np.testing.assert_array_equal(probes[0], want_p[i])
+        np.testing.assert_allclose(base[0], want_b[i], rtol=1e-5, atol=1e-6)
+
+
 def test_results_independent_of_threads_and_batching(data):
     import numba
 

@@ -26,7 +26,7 @@ from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
 from .opq import train_opq
 from .pq import ProductQuantizer
-from .probe import counting_sort_lists, plan_pieces, select_probes, select_probes_serial
+from .probe import counting_sort_lists, dots_and_norms, plan_pieces, select_probes, select_probes_serial
 from .scan import exact_scores, scan_bytes
 from .topk import best_k, merge_parts, merge_parts_serial
 
@@ -247,8 +247,11 @@ class IVFPQIndex:
         matters).  base is the list's share of the score: <q, c> for ip, -||q - c||^2 for l2.
         """
         l2 = self.params.metric == "l2"
-        dots = matmul(q_rot, self.coarse.T)  # [nq, nlist]: a large product for a batch, dealt to the threads
-        c_norms = np.einsum("ld,ld->l", self.coarse, self.coarse)
+        if len(q_rot) < SERIAL_BELOW:
+            dots, c_norms = dots_and_norms(q_rot, self.coarse)
+        else:  # [nq, nlist]: a large product for a batch, dealt to the threads
+            dots = matmul(q_rot, self.coarse.T)
+            c_norms = np.einsum("ld,ld->l", self.coarse, self.coarse)
         q_norms2 = np.einsum("qd,qd->q", q_rot, q_rot)
         if l2:
             q_scale = np.ones(len(q_rot), np.float32)
