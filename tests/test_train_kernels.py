@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from qlite.train.kernels import (adam_dense, reconstruct, scatter_adc_grads, sgd_rows_in_radius, softmax_losses,
-                                 step_gradients)
+from qlite.train.kernels import (adam_dense, grad_norm, reconstruct, scatter_adc_grads, sgd_rows_in_radius,
+                                 softmax_losses, step_gradients)
 
 
 def teacher64(q, head, rows, teacher_head):
@@ -120,6 +120,24 @@ def test_reconstruct_and_scatter_match_numpy():
         np.add.at(wcb[m], codes[:, m], g[:, m * dsub:(m + 1) * dsub])
     np.testing.assert_allclose(gc, wc, atol=1e-5)
     np.testing.assert_allclose(gcb, wcb, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(0,), (5,), (4096, 384), (24, 256, 16)])
+def test_grad_norm_is_the_float64_norm_whatever_the_threads(shape):
+    import numba
+
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
+    before = numba.get_num_threads()
+    try:
+        got = []
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            got.append(grad_norm(g))
+    finally:
+        numba.set_num_threads(before)
+    assert got[0] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    assert all(x == got[0] for x in got)  # the same bits on any number of threads
 
 
 def test_adam_dense_is_the_textbook_step():

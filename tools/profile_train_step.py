@@ -23,7 +23,7 @@ import numpy as np
 def profile(tr, cfg, steps):
     from qlite.train.candidates import build_candidates
     from qlite.threads import matmul
-    from qlite.train.kernels import adam_dense, reconstruct, scatter_adc_grads, softmax_losses
+    from qlite.train.kernels import adam_dense, grad_norm, reconstruct, scatter_adc_grads, softmax_losses
 
     st, index, pool = tr.state, tr.index, tr.pool
     times = {}
@@ -70,7 +70,7 @@ def profile(tr, cfg, steps):
         for name, g in (("head", gh), ("coarse", gc), ("codebooks", gcb)):
             p = getattr(st, name).copy()
             m, v = getattr(st, name + "_m").copy(), getattr(st, name + "_v").copy()
-            timed(f"adam: norm {name}", lambda: float(np.sqrt((g.astype(np.float64) ** 2).sum())))
+            timed(f"adam: norm {name}", grad_norm, g)
             timed(f"adam: adam_dense {name}", adam_dense, p, g, m, v, st.adam_step + 1, 1e-4, 0.9, 0.999, 1e-8)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 

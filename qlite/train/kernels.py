@@ -140,6 +140,41 @@ def scatter_adc_grads(grad_x, lists, codes, grad_coarse, grad_codebooks):
                 grad_coarse[lst, lo + j] += g
 
 
+# a gradient's squared norm is summed in this many pieces of fixed bounds: parallel, and the same bits
+# whatever the thread count
+NORM_PIECES = 64
+
+
+@njit(parallel=True, cache=True)
+def _squared_sums(flat, pieces):
+    n = flat.shape[0]
+    out = np.zeros(pieces)
+    for p in prange(pieces):
+        lo, hi = n * p // pieces, n * (p + 1) // pieces
+        lanes = np.zeros(8)  # eight running sums: no chain of dependent adds, and a fixed order
+        i = lo
+        while i + 8 <= hi:
+            for j in range(8):
+                v = np.float64(flat[i + j])
+                lanes[j] += v * v
+            i += 8
+        acc = 0.0
+        while i < hi:
+            v = np.float64(flat[i])
+            acc += v * v
+            i += 1
+        for j in range(8):
+            acc += lanes[j]
+        out[p] = acc
+    return out
+
+
+def grad_norm(g) -> float:
+    """The L2 norm of a float32 array, summed in float64 (NumPy's float64 copy of a [4096, 384] gradient
+    took 3 ms a step at 1M; this is a pass over the float32 values, parallel over fixed pieces)."""
+    return math.sqrt(float(_squared_sums(np.ascontiguousarray(g).reshape(-1), NORM_PIECES).sum()))
+
+
 @njit(cache=True)
 def adam_dense(params, grads, m, v, step, lr, beta1, beta2, eps):
     """Textbook Adam on a C-contiguous float32 parameter array of any shape (updated in place), ``step``

@@ -36,7 +36,7 @@ from ..runs import check_name, read_meta, run_dir, write_run
 from ..threads import one_blas_thread, set_threads
 from .candidates import build_candidates
 from .config import ADDED_LATER, TrainConfig, lr_factor
-from .kernels import adam_dense, step_gradients
+from .kernels import adam_dense, grad_norm, step_gradients
 from .pool import Pool, build_pool, input_fingerprint, load_pool
 from .rows import Rows
 from .state import PARAMS, TrainState, identity_head
@@ -155,7 +155,7 @@ class Trainer:
                              ("codebooks", cfg.train_codebooks, cfg.lr)):
             if on:
                 g = grads[name]
-                norm = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
+                norm = grad_norm(g)
                 if norm > cfg.clip:
                     g *= cfg.clip / norm
                 adam_dense(getattr(st, name), g, getattr(st, name + "_m"), getattr(st, name + "_v"), st.adam_step,
