@@ -36,13 +36,13 @@ def _probe_one(dots, c_norms, q_scale, q_norms2, l2, qi, probes, base):
         else:
             base[qi, p] = dots[qi, lst]
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def dots_and_norms(q, coarse):
     """(dots [nq, nlist] = q @ coarse.T, c_norms [nlist] = ||c||^2), float32, in one pass over the centroids.
 
     For a few queries: a matrix product and then a separate pass for the norms would read all the
-    centroids twice, and at nlist 4096 that re-read was half of a single query's time.  ``fastmath``
-    lets the sums vectorise (reassociated, like a BLAS product's).
+    centroids twice, and at nlist 4096 that re-read was half of a single query's time.  Reassociation
+    lets the sums vectorise, as a BLAS product's do (no other fast-math: NaN stays NaN).
     """
     nq, d = q.shape
     nlist = coarse.shape[0]
