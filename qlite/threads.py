@@ -62,15 +62,15 @@ SPLIT_FROM_MACS = 1 << 21
 # threads that run it: at most MAX_PIECES pieces of at least MIN_PIECE rows (or columns) each.
 MAX_PIECES = 8
 MIN_PIECE = 32
-_pool = None
+_pool = (0, None)  # (workers, ThreadPoolExecutor): made on first use, remade when the thread count changes
 
 
 def _thread_pool(n):
     global _pool
-    if _pool is None or _pool._max_workers != n:
+    if _pool[0] != n:
         from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(n, thread_name_prefix="qlite-matmul")
-    return _pool
+        _pool = (n, ThreadPoolExecutor(n, thread_name_prefix="qlite-matmul"))
+    return _pool[1]
 
 
 def piece_bounds(length: int) -> list:

@@ -9,6 +9,7 @@ from qlite.index.layout import block_layout, pack_nibbles
 from qlite.index.simd import HAS_AVX2
 
 from .oracles import clustered, fastscan_oracle, nibble_sums_oracle, quantize_table_oracle
+from .support import numba_threads, thread_counts
 
 PATHS = [False, True] if HAS_AVX2 else [False]
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")
@@ -159,19 +160,13 @@ def test_nibble_codes_update_in_place_and_equal_a_rebuild(data):
 
 
 def test_fastscan_independent_of_threads(data):
-    import numba
-
     x, q = data
     index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=16, nbits=4, niter=5)).retrain(x)
-    before = numba.get_num_threads()
-    try:
-        results = []
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS), before}):
-            numba.set_num_threads(threads)
+    results = []
+    for threads in thread_counts():
+        with numba_threads(threads):
             results.append(index.search(q, 10, nprobe=4))
             results.append(index.search(q[:1], 10, nprobe=4))
-    finally:
-        numba.set_num_threads(before)
     for i, (s, r) in enumerate(results[2:]):
         np.testing.assert_array_equal(r, results[i % 2][1])
         np.testing.assert_array_equal(s, results[i % 2][0])

@@ -10,6 +10,7 @@ from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
 
 from .oracles import clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, probe_oracle
+from .support import numba_threads, thread_counts
 
 
 def test_assign_matches_bruteforce():
@@ -128,20 +129,14 @@ def test_few_queries_probe_through_one_pass_over_the_centroids(data):
 
 
 def test_results_independent_of_threads_and_batching(data):
-    import numba
-
     x, q = data
     index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(x)
-    before = numba.get_num_threads()
-    try:
-        batched, single = [], []
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS), before}):
-            numba.set_num_threads(threads)
+    batched, single = [], []
+    for threads in thread_counts():
+        with numba_threads(threads):
             batched.append(index.search(q, 20, nprobe=4))
             one = [index.search(q[i], 20, nprobe=4) for i in range(len(q))]
             single.append((np.concatenate([a for a, _ in one]), np.concatenate([b for _, b in one])))
-    finally:
-        numba.set_num_threads(before)
     for results in (batched, single):
         for s, r in results[1:]:
             np.testing.assert_array_equal(r, results[0][1])

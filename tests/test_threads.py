@@ -4,6 +4,8 @@ import pytest
 
 from qlite.threads import MAX_PIECES, MIN_PIECE, SPLIT_FROM_MACS, matmul, piece_bounds
 
+from .support import numba_threads
+
 
 @pytest.mark.parametrize("length", [1, MIN_PIECE - 1, MIN_PIECE, 2 * MIN_PIECE + 1, 1000, 9601])
 def test_piece_bounds_tile_the_range(length):
@@ -38,13 +40,9 @@ def test_matmul_bits_do_not_depend_on_threads():
     b = rng.standard_normal((384, 5000), dtype=np.float32)
     g = rng.standard_normal((5000, 64), dtype=np.float32)
     assert 64 * 384 * 5000 >= SPLIT_FROM_MACS
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with numba_threads(1):
         one = (matmul(a, b), matmul(g, a))
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    with numba_threads(min(2, numba.config.NUMBA_NUM_THREADS)):
         two = (matmul(a, b), matmul(g, a))
-    finally:
-        numba.set_num_threads(before)
     for x, y in zip(one, two):
         np.testing.assert_array_equal(x, y)

@@ -5,6 +5,8 @@ import pytest
 from qlite.train.kernels import (adam_dense, grad_norm, reconstruct, scatter_adc_grads, sgd_rows_in_radius,
                                  softmax_losses, step_gradients)
 
+from .support import numba_threads
+
 
 def teacher64(q, head, rows, teacher_head):
     """The teacher's scores [B, C]: flat search with the current head, or without any head."""
@@ -128,14 +130,10 @@ def test_grad_norm_is_the_float64_norm_whatever_the_threads(shape):
 
     g = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     want = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
-    before = numba.get_num_threads()
-    try:
-        got = []
-        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(threads)
+    got = []
+    for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        with numba_threads(threads):
             got.append(grad_norm(g))
-    finally:
-        numba.set_num_threads(before)
     assert got[0] == pytest.approx(want, rel=1e-12, abs=1e-300)
     assert all(x == got[0] for x in got)  # the same bits on any number of threads
 
