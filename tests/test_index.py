@@ -3,7 +3,7 @@ import pytest
 
 from qlite.errors import QliteError
 from qlite.index.flat import flat_search
-from qlite.index.ivfpq import IVFPQIndex, IVFPQParams
+from qlite.index.ivfpq import PROBE_STRETCH, IVFPQIndex, IVFPQParams
 from qlite.index.kmeans import assign, kmeans
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
@@ -98,8 +98,6 @@ def test_search_equals_the_numpy_adc_oracle(data, metric, opq, nprobe):
 
 def test_probes_equal_the_oracle_and_ignore_the_query_length(data):
     x, q = data
-    from qlite.index.ivfpq import PROBE_STRETCH
-
     index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(x)
     assert index.probe_scale == pytest.approx(PROBE_STRETCH, rel=1e-5)  # the vectors are unit length
     probes, base = index.probe(q, 5)
