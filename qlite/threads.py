@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -28,6 +29,19 @@ class one_blas_thread:
     def __exit__(self, *exc):
         for lib, n in zip(_blas_libraries, self.before):
             lib.set_num_threads(n)
+
+
+@contextmanager
+def numba_threads(n):
+    """Run the block with ``n`` Numba threads (this thread's setting), then restore the count it had."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def default_threads() -> int:

@@ -7,9 +7,10 @@ from qlite.index.fastscan import list_block_sums, quantize_table, quantizer_max
 from qlite.index.ivfpq import IVFPQIndex, IVFPQParams
 from qlite.index.layout import block_layout, pack_nibbles
 from qlite.index.simd import HAS_AVX2
+from qlite.threads import numba_threads
 
 from .oracles import clustered, fastscan_oracle, nibble_sums_oracle, quantize_table_oracle
-from .support import numba_threads, thread_counts
+from .support import thread_counts
 
 PATHS = [False, True] if HAS_AVX2 else [False]
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")
@@ -91,7 +92,9 @@ def data():
 
 @pytest.mark.parametrize("metric, opq, m, nprobe", [("ip", False, 8, 16), ("ip", True, 8, 4), ("ip", False, 7, 3),
                                                     ("l2", False, 8, 4), ("l2", True, 16, 16)])
-def test_fastscan_search_equals_the_oracle_on_both_paths(data, monkeypatch, metric, opq, m, nprobe):
+@pytest.mark.parametrize("serial_below", [0, 1 << 40], ids=["threads", "one thread"])
+def test_fastscan_search_equals_the_oracle_on_both_paths(data, monkeypatch, metric, opq, m, nprobe, serial_below):
+    monkeypatch.setattr("qlite.index.ivfpq.SERIAL_SCAN_CODES", serial_below)
     x, q = data
     dim = 28 if m == 7 else 32
     x, q = np.ascontiguousarray(x[:, :dim]), np.ascontiguousarray(q[:, :dim])

@@ -8,9 +8,10 @@ from qlite.index.kmeans import assign, kmeans
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
+from qlite.threads import numba_threads
 
 from .oracles import clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, probe_oracle
-from .support import numba_threads, thread_counts
+from .support import thread_counts
 
 
 def test_assign_matches_bruteforce():

@@ -2,9 +2,7 @@ import numba
 import numpy as np
 import pytest
 
-from qlite.threads import MAX_PIECES, MIN_PIECE, SPLIT_FROM_MACS, matmul, piece_bounds
-
-from .support import numba_threads
+from qlite.threads import MAX_PIECES, MIN_PIECE, SPLIT_FROM_MACS, matmul, numba_threads, piece_bounds
 
 
 @pytest.mark.parametrize("length", [1, MIN_PIECE - 1, MIN_PIECE, 2 * MIN_PIECE + 1, 1000, 9601])

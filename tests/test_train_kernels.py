@@ -4,8 +4,7 @@ import pytest
 
 from qlite.train.kernels import (adam_dense, grad_norm, reconstruct, scatter_adc_grads, sgd_rows_in_radius,
                                  softmax_losses, step_gradients)
-
-from .support import numba_threads
+from qlite.threads import numba_threads
 
 
 def teacher64(q, head, rows, teacher_head):

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from ..errors import QliteError
-from ..threads import matmul, one_blas_thread
+from ..threads import matmul, numba_threads, one_blas_thread
 from .kmeans import assign, kmeans, sample_rows
 from . import fastscan
 from .layout import block_layout, pack_bytes, pack_nibbles, packed_width, read_codes, slots_of_rows, write_codes
@@ -36,7 +36,8 @@ SCAN_CODES = 4096  # codes a query scans by default (see IVFPQIndex.default_npro
 SEARCH_MEMORY_BYTES = 64 << 20
 # below this many queries the probe selection and heap merge run without a parallel region
 SERIAL_BELOW = 8
-# an 8-bit scan of fewer codes than this (summed over the batch) runs on one thread.  One query on a 1M-row
+# a search scanning fewer codes than this (summed over the batch) runs on one thread, and an 8-bit scan of
+# fewer runs without a parallel region (scan_bytes_serial).  One query on a 1M-row
 # index, nlist 4096 (~244 codes a list), 2 threads against 1: 0.35 / 0.24 ms at nprobe 1, 0.55 / 0.37 at
 # 32 (7.8k codes), 0.74 / 0.66 at 128 (31k), 0.99 / 1.04 at 256 (62k)
 SERIAL_SCAN_CODES = 32768
@@ -298,9 +299,13 @@ class IVFPQIndex:
             raise QliteError(f"--nprobe must be positive (got {nprobe})")
         if not self.is_trained:
             raise QliteError("the index is not trained")
-        with one_blas_thread():
+        nprobe = min(nprobe, self.params.nlist)
+        # a small search (a query or two over a few lists) runs on this thread alone: waking the others
+        # costs more than they save (see SERIAL_SCAN_CODES); the results do not depend on the thread count
+        codes_per_list = -(-self.ntotal // self.params.nlist)
+        small = len(np.atleast_2d(queries)) * nprobe * codes_per_list < SERIAL_SCAN_CODES
+        with one_blas_thread(), numba_threads(1 if small else numba.get_num_threads()):
             q = np.ascontiguousarray(self.rotate(np.atleast_2d(queries)), np.float32)
-            nprobe = min(nprobe, self.params.nlist)
             depth = max(k, rerank)
             nparts = numba.get_num_threads()
             n_cand = max(depth, rescore if rescore else 4 * k) if self.params.nibbles else depth
