@@ -36,9 +36,9 @@ SCAN_CODES = 4096  # codes a query scans by default (see IVFPQIndex.default_npro
 SEARCH_MEMORY_BYTES = 64 << 20
 # below this many queries the probe selection and heap merge run without a parallel region
 SERIAL_BELOW = 8
-# a search scanning fewer codes than this (summed over the batch) runs on one thread, and an 8-bit scan of
-# fewer runs without a parallel region (scan_bytes_serial).  One query on a 1M-row
-# index, nlist 4096 (~244 codes a list), 2 threads against 1: 0.35 / 0.24 ms at nprobe 1, 0.55 / 0.37 at
+# a search expected to scan fewer codes than this (summed over the batch) runs on one thread (the 8-bit scan
+# then without a parallel region: scan_bytes_serial).  One query on a 1M-row index, nlist 4096 (~244 codes a
+# list), 2 threads against 1: 0.35 / 0.24 ms at nprobe 1, 0.55 / 0.37 at
 # 32 (7.8k codes), 0.74 / 0.66 at 128 (31k), 0.99 / 1.04 at 256 (62k)
 SERIAL_SCAN_CODES = 32768
 # fast-scan seeds thresholds query-parallel (fastscan.seed_nibbles) from this many queries per thread
@@ -300,12 +300,13 @@ class IVFPQIndex:
         if not self.is_trained:
             raise QliteError("the index is not trained")
         nprobe = min(nprobe, self.params.nlist)
+        queries = np.atleast_2d(queries)
         # a small search (a query or two over a few lists) runs on this thread alone: waking the others
         # costs more than they save (see SERIAL_SCAN_CODES); the results do not depend on the thread count
         codes_per_list = -(-self.ntotal // self.params.nlist)
-        small = len(np.atleast_2d(queries)) * nprobe * codes_per_list < SERIAL_SCAN_CODES
+        small = len(queries) * nprobe * codes_per_list < SERIAL_SCAN_CODES
         with one_blas_thread(), numba_threads(1 if small else numba.get_num_threads()):
-            q = np.ascontiguousarray(self.rotate(np.atleast_2d(queries)), np.float32)
+            q = np.ascontiguousarray(self.rotate(queries), np.float32)
             depth = max(k, rerank)
             nparts = numba.get_num_threads()
             n_cand = max(depth, rescore if rescore else 4 * k) if self.params.nibbles else depth
@@ -318,7 +319,7 @@ class IVFPQIndex:
                 scores[s:s + chunk], rows[s:s + chunk] = self._search_chunk(q[s:s + chunk], depth, n_cand, nprobe,
                                                                             nparts, not exact)
             if exact:
-                return rerank_exact(source, np.atleast_2d(queries), rows, self.params.metric, k)
+                return rerank_exact(source, queries, rows, self.params.metric, k)
         return scores[:, :k], rows[:, :k]
 
     def _search_chunk(self, q, depth, n_cand, nprobe, nparts, sort=True):
@@ -328,16 +329,12 @@ class IVFPQIndex:
         if l2:
             lut *= 2  # exact: the l2 tables are 2 <q_m, r> - (||r||^2 + 2 <c_m, r>)
         pair_offsets, pairs = counting_sort_lists(probes.ravel(), self.params.nlist)
-        # a small 8-bit scan runs on one thread: waking the others costs more than it saves
-        serial = not self.params.nibbles and int(self.list_sizes[probes].sum()) < SERIAL_SCAN_CODES
-        if serial:
-            nparts = 1
         plan = plan_pieces(self.block_offsets, pair_offsets, nparts)
         cb = self.pq.codebooks
         cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
         merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
         if not self.params.nibbles:
-            scan = scan_bytes_serial if serial else scan_bytes
+            scan = scan_bytes_serial if nparts == 1 else scan_bytes  # one thread: no parallel region to wake
             res_s = np.empty((nparts, len(q), 2 * depth), np.float32)
             res_r = np.empty((nparts, len(q), 2 * depth), np.int64)
             res_n = np.zeros((nparts, len(q)), np.int64)

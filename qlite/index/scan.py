@@ -155,9 +155,9 @@ def scan_bytes(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list
 @njit(cache=True)
 def scan_bytes_serial(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list_sizes, codes, list_rows,
                       l2, coarse, codebooks, cb_norms, depth, res_s, res_r, res_n, thr_s, thr_r):
-    """scan_bytes without a parallel region, for small scans (a query or two over a few lists), where
-    waking the threads costs more than the scan: one query at nprobe 1 of a 1M-row index with nlist 4096
-    took 0.35 ms on 2 threads and 0.24 ms on one.  Same arguments, same reservoirs."""
+    """scan_bytes without a parallel region, for a search on one thread (small searches run on one, see
+    ivfpq.SERIAL_SCAN_CODES): waking a region costs more than a small scan.  Same arguments, same
+    reservoirs."""
     nparts = plan[3].shape[0] - 1
     touched = np.empty(nparts, np.float32)
     for t in range(nparts):
