@@ -128,10 +128,9 @@ class IVFPQIndex:
         p = self.params
         p.validate(len(source))
         rng = np.random.default_rng(p.seed)
-        # the coarse k-means' products are large: they gain from every BLAS thread (measured on 1M x 384,
-        # nlist 1024: 57 s against 75 s on one), more than its Numba passes lose to spinning workers
-        self.coarse = kmeans(source, p.nlist, niter=p.niter, seed=p.seed,
-                             max_points_per_centroid=p.max_points_per_centroid)
+        with one_blas_thread():  # assign cuts its products over the threads itself (threads.matmul)
+            self.coarse = kmeans(source, p.nlist, niter=p.niter, seed=p.seed,
+                                 max_points_per_centroid=p.max_points_per_centroid)
         # the residual quantizer is trained on residuals of a subsample of (at most 256 x ksub) rows
         rows = sample_rows(len(source), self.pq.ksub, p.max_points_per_centroid, rng)
         x = np.ascontiguousarray(source[rows], np.float32)

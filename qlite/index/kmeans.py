@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
+from ..threads import matmul
 
 ASSIGN_BLOCK = 16384
 
@@ -85,7 +86,7 @@ def assign(x, centroids, c_norms=None, block=ASSIGN_BLOCK):
     dists = np.empty(n, np.float32)
     for s in range(0, n, block):
         xb = np.ascontiguousarray(x[s:s + block])
-        _argmin_block(xb @ centroids.T, (xb * xb).sum(1), c_norms, labels, dists, s)
+        _argmin_block(matmul(xb, centroids.T), (xb * xb).sum(1), c_norms, labels, dists, s)
     return labels, dists
 
 
