@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from qlite.train.kernels import (adam_dense, grad_norm, reconstruct, scatter_adc_grads, sgd_rows_in_radius,
-                                 softmax_losses, step_gradients)
+from qlite.train.kernels import (adam_dense, adc_backward, adc_scores, grad_norm, sgd_rows_in_radius, softmax_losses,
+                                 step_gradients)
 from qlite.threads import numba_threads
 
 
@@ -107,20 +107,29 @@ def test_masking_changes_only_the_supervised_loss():
     assert np.abs(g_s).max() < 1e-7
 
 
-def test_reconstruct_and_scatter_match_numpy():
-    q, head, rotation, rows, lists, codes, coarse, codebooks, *_ = problem(seed=2, C=30)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adc_scores_and_backward_match_numpy(threads):
+    q, head, rotation, rows, lists, codes, coarse, codebooks, *_ = problem(seed=2, B=5, C=30)
     M, ksub, dsub = codebooks.shape
-    want = coarse[lists] + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
-    np.testing.assert_array_equal(reconstruct(lists, codes, coarse, codebooks), want)
-    g = np.random.default_rng(4).standard_normal(want.shape).astype(np.float32)
-    gc, gcb = np.zeros_like(coarse), np.zeros_like(codebooks)
-    scatter_adc_grads(g, lists, codes, gc, gcb)
-    wc, wcb = np.zeros(coarse.shape), np.zeros(codebooks.shape)
-    np.add.at(wc, lists, g)
+    rng = np.random.default_rng(4)
+    u = rng.standard_normal((5, M * dsub)).astype(np.float32)
+    used, slot = np.unique(lists, return_inverse=True)
+    lut = np.einsum("mkd,bmd->mkb", codebooks, u.reshape(5, M, dsub)).astype(np.float32)
+    list_dots = (coarse[used] @ u.T).astype(np.float32)
+    xhat = coarse[lists].astype(np.float64) + np.concatenate([codebooks[m][codes[:, m]] for m in range(M)], axis=1)
+    with numba_threads(threads):
+        got = adc_scores(lut, list_dots, slot, codes)
+    np.testing.assert_allclose(got, xhat @ u.T.astype(np.float64), rtol=1e-5, atol=1e-5)  # = <u, xhat>
+    g = rng.standard_normal((30, 5)).astype(np.float32)  # dL/ds, candidate-major
+    with numba_threads(threads):
+        g_lut, g_lists = adc_backward(g, slot, codes, len(used), ksub)
+    want_lut, want_lists = np.zeros((M, ksub, 5)), np.zeros((len(used), 5))
+    np.add.at(want_lists, slot, g)
     for m in range(M):
-        np.add.at(wcb[m], codes[:, m], g[:, m * dsub:(m + 1) * dsub])
-    np.testing.assert_allclose(gc, wc, atol=1e-5)
-    np.testing.assert_allclose(gcb, wcb, atol=1e-5)
+        np.add.at(want_lut[m], codes[:, m], g)
+    np.testing.assert_allclose(g_lut, want_lut, atol=1e-5)
+    np.testing.assert_allclose(g_lists, want_lists, atol=1e-5)
+    assert np.abs(g_lut).sum() > 0 and np.array_equal(g_lut == 0, want_lut == 0)  # unused codewords get nothing
 
 
 @pytest.mark.parametrize("shape", [(0,), (5,), (4096, 384), (24, 256, 16)])

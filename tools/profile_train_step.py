@@ -23,7 +23,7 @@ import numpy as np
 def profile(tr, cfg, steps):
     from qlite.train.candidates import build_candidates
     from qlite.threads import matmul
-    from qlite.train.kernels import adam_dense, grad_norm, reconstruct, scatter_adc_grads, softmax_losses
+    from qlite.train.kernels import adam_dense, adc_backward, adc_scores, grad_norm, softmax_losses
 
     st, index, pool = tr.state, tr.index, tr.pool
     times = {}
@@ -48,22 +48,32 @@ def profile(tr, cfg, steps):
         q1 = timed("grads: [q, 1]", lambda: np.hstack([q, np.ones((len(q), 1), np.float32)]))
         h = timed("grads: h = q1 @ head", lambda: (q1 @ st.head).astype(np.float32))
         u = timed("grads: u = h @ R", lambda: h @ R) if R is not None else h
-        xhat = timed("grads: reconstruct xhat", reconstruct, lists, codes, st.coarse, st.codebooks)
-        s = timed("grads: s = u @ xhat.T", lambda: matmul(u, xhat.T))
+        M, ksub, dsub = st.codebooks.shape
+        used, slot = timed("grads: lists used (unique)", lambda: np.unique(lists, return_inverse=True))
+        cu = timed("grads: coarse[used]", lambda: st.coarse[used])
+        u_sub = np.ascontiguousarray(u.reshape(len(u), M, dsub).transpose(1, 0, 2))
+        lut = timed("grads: tables (lut)",
+                    lambda: np.ascontiguousarray(np.matmul(st.codebooks, u_sub.transpose(0, 2, 1))))
+        ld = timed("grads: list dots = coarse[used] @ u.T", lambda: matmul(cu, u.T))
+        s = timed("grads: s = adc_scores (+ transpose)",
+                  lambda: np.ascontiguousarray(adc_scores(lut, ld, slot, codes).T))
         f = timed("grads: f = h @ rows.T", lambda: matmul(h, rows.T))
         t = f if cfg.supervised > 0 else timed("grads: t = q @ rows.T", lambda: matmul(q, rows.T))
         kl_w = np.full(len(idx), cfg.distill)
         sup_w = np.where(pos >= 0, cfg.supervised, 0.0)
         kl, sup, g_s, g_f = timed("grads: softmax_losses", softmax_losses, s, f, t, cand.mask, cand.target, kl_w,
                                   sup_w, cfg.tau, cfg.tau_teacher, cfg.tau_supervised)
-        grad_u = timed("grads: g_s @ xhat", lambda: matmul(g_s, xhat))
+        g_lut, g_lists = timed("grads: adc_backward (+ transpose)",
+                               lambda: adc_backward(np.ascontiguousarray(g_s.T), slot, codes, len(used), ksub))
+        grad_u = timed("grads: grad_u from tables", lambda: np.ascontiguousarray(
+            np.matmul(g_lut.transpose(0, 2, 1), st.codebooks).transpose(1, 0, 2)).reshape(u.shape))
+        timed("grads: grad_u += g_lists.T @ coarse[used]", lambda: matmul(g_lists.T, cu))
         grad_h = timed("grads: grad_u @ R.T", lambda: grad_u @ R.T) if R is not None else grad_u
         lab = np.flatnonzero(sup_w)
         timed("grads: + g_f @ rows (labelled)", lambda: grad_h[lab] + matmul(g_f[lab], rows))
-        gc = timed("grads: zeros (coarse, codebooks)", np.zeros_like, st.coarse)
-        gcb = np.zeros_like(st.codebooks)
-        gx = timed("grads: g_s.T @ u", lambda: matmul(g_s.T, u))
-        timed("grads: scatter_adc_grads", scatter_adc_grads, gx, lists, codes, gc, gcb)
+        gc = timed("grads: zeros (coarse)", np.zeros_like, st.coarse)
+        timed("grads: coarse[used] = g_lists @ u", lambda: gc.__setitem__(used, matmul(g_lists, u)))
+        gcb = timed("grads: codebooks = g_lut @ u_sub", lambda: np.matmul(g_lut, u_sub))
         gh = timed("grads: q1.T @ grad_h", lambda: (q1.T @ grad_h).astype(np.float32))
         if cfg.train_rows:
             timed("grads: rows = g_f.T @ h", lambda: matmul(g_f[lab].T, h[lab]))

@@ -16,10 +16,11 @@ Two losses over the same candidates, each a softmax per query:
   (``sup_weight[b] > 0``), where ``mask[b, c]`` removes query b's *other* positives from its softmax
   (they are never its negatives).
 
-Both are averaged over the B queries.  dL/ds and dL/df come out of one pass; the products that
-carry them back to the head, the codebooks, the coarse centroids and the rows are BLAS matrix
-products (``step_gradients``, cut into pieces for the threads by ``qlite.threads.matmul``) plus the
-scatter kernel below.
+Both are averaged over the B queries.  dL/ds and dL/df come out of one pass.  The student score is
+summed from lookup tables as search does (``adc_scores``: codeword and coarse-centroid dot products),
+and dL/ds goes back through the same tables (``adc_backward``) to the head, the codebooks and the
+coarse centroids; the float score's products are BLAS matrix products (``step_gradients``, cut into
+pieces for the threads by ``qlite.threads.matmul``).
 """
 from __future__ import annotations
 
@@ -104,40 +105,48 @@ def softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, t
 
 
 @njit(parallel=True, cache=True)
-def reconstruct(lists, codes, coarse, codebooks):
-    """What the index stores for each candidate, in the rotated space: [C, d] float32 =
-    coarse[lists[c]] + concat_m codebooks[m, codes[c, m]].  lists int [C], codes uint8 [C, M]."""
+def adc_scores(lut, list_dots, slot, codes):
+    """The student scores by table lookups, as search computes them: [C, B] float32 (candidate-major),
+    out[c, b] = list_dots[slot[c], b] + sum_m lut[m, codes[c, m], b].
+
+    lut: float32 [M, ksub, B], query b against codeword k of sub-space m; list_dots: float32 [L, B],
+    query b against each distinct coarse centroid of the candidates; slot: int [C], candidate c's row of
+    list_dots; codes: uint8 [C, M].  The sum runs in a fixed order (deterministic).  This costs C (M + 1)
+    additions of B-vectors, where the dense <u, xhat> costs C d multiply-adds per query.
+    """
     C, M = codes.shape
-    dsub = codebooks.shape[2]
-    out = np.empty((C, M * dsub), np.float32)
+    B = lut.shape[2]
+    out = np.empty((C, B), np.float32)
     for c in prange(C):
-        base = coarse[lists[c]]
+        row = out[c]
+        row[:] = list_dots[slot[c]]
         for m in range(M):
-            cw = codebooks[m, codes[c, m]]
-            for j in range(dsub):
-                out[c, m * dsub + j] = base[m * dsub + j] + cw[j]
+            t = lut[m, codes[c, m]]
+            for b in range(B):
+                row[b] += t[b]
     return out
 
 
 @njit(parallel=True, cache=True)
-def scatter_adc_grads(grad_x, lists, codes, grad_coarse, grad_codebooks):
-    """Accumulate dL/dxhat [C, d] into the parameters it came from (in place):
-    grad_coarse[lists[c]] += grad_x[c] and grad_codebooks[m, codes[c, m]] += grad_x[c, sub-space m].
+def adc_backward(g_t, slot, codes, n_slots, ksub):
+    """dL/dlut and dL/dlist_dots from dL/ds: the transpose of ``adc_scores``.
 
-    Parallel over sub-spaces: sub-space m owns its codebook and its slice of the coarse gradient, so no
-    two threads ever add into the same number and the sums keep one order (deterministic).
+    g_t: float32 [C, B], dL/ds candidate-major.  Returns (g_lut [M, ksub, B], g_lists [n_slots, B]) with
+    g_lut[m, k] = sum of g_t[c] over the candidates whose code m is k, g_lists[l] = sum over the candidates
+    in list slot l.  Parallel over sub-spaces (and one task for the lists): each task owns its sums, so they
+    keep one order whatever the thread count.
     """
     C, M = codes.shape
-    dsub = grad_codebooks.shape[2]
-    for m in prange(M):
-        lo = m * dsub
+    B = g_t.shape[1]
+    g_lut = np.zeros((M, ksub, B), np.float32)
+    g_lists = np.zeros((n_slots, B), np.float32)
+    for m in prange(M + 1):
         for c in range(C):
-            code = codes[c, m]
-            lst = lists[c]
-            for j in range(dsub):
-                g = grad_x[c, lo + j]
-                grad_codebooks[m, code, j] += g
-                grad_coarse[lst, lo + j] += g
+            acc = g_lists[slot[c]] if m == M else g_lut[m, codes[c, m]]
+            g = g_t[c]
+            for b in range(B):
+                acc[b] += g[b]
+    return g_lut, g_lists
 
 
 # a gradient's squared norm is summed in this many pieces of fixed bounds: parallel, and the same bits
@@ -241,22 +250,31 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     q1 = np.hstack([q, np.ones((len(q), 1), np.float32)])
     h = (q1 @ head).astype(np.float32)
     u = h @ rotation if rotation is not None else h
-    xhat = reconstruct(lists, codes, coarse, codebooks)
-    # the [B, C] x d products are most of a step: matmul deals their pieces to the threads
-    s = matmul(u, xhat.T)
+    # the student <u, coarse[list] + codewords> by tables, as search scores: the products shrink from
+    # [B, C] x d to [B, L] x d (L distinct lists among the C candidates) plus M tiny [B, ksub] x dsub ones
+    M, ksub, dsub = codebooks.shape
+    used, slot = np.unique(lists, return_inverse=True)
+    coarse_used = coarse[used]
+    u_sub = np.ascontiguousarray(u.reshape(len(u), M, dsub).transpose(1, 0, 2))  # [M, B, dsub]
+    lut = np.ascontiguousarray(np.matmul(codebooks, u_sub.transpose(0, 2, 1)))  # [M, ksub, B]
+    s = np.ascontiguousarray(adc_scores(lut, matmul(coarse_used, u.T), slot, codes).T)
+    # the [B, C] x d float products are most of a step: matmul deals their pieces to the threads
     f = matmul(h, rows.T)
     t = f if teacher_head else matmul(q, rows.T)
     kl, sup, g_s, g_f = softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup)
-    grad_u = matmul(g_s, xhat)
+    g_lut, g_lists = adc_backward(np.ascontiguousarray(g_s.T), slot, codes, len(used), ksub)
+    # dL/du: through the tables (sub-space m of u meets codebook m) and the list dots
+    grad_u = np.ascontiguousarray(np.matmul(g_lut.transpose(0, 2, 1), codebooks).transpose(1, 0, 2)).reshape(u.shape)
+    grad_u += matmul(g_lists.T, coarse_used)
     grad_h = grad_u @ rotation.T if rotation is not None else grad_u
     # g_f is zero outside the labelled queries (often a few of a batch, the rest being pseudo-queries)
     labelled = np.flatnonzero(sup_weight)
     if supervised_head and len(labelled):  # else the labels reach the rows only
         grad_h[labelled] += matmul(g_f[labelled], rows)
     grad_coarse = np.zeros_like(coarse)
-    grad_codebooks = np.zeros_like(codebooks)
-    scatter_adc_grads(matmul(g_s.T, u), lists, codes, grad_coarse, grad_codebooks)
-    grads = {"head": (q1.T @ grad_h).astype(np.float32), "coarse": grad_coarse, "codebooks": grad_codebooks,
+    grad_coarse[used] = matmul(g_lists, u)
+    grads = {"head": (q1.T @ grad_h).astype(np.float32), "coarse": grad_coarse,
+             "codebooks": np.matmul(g_lut, u_sub).astype(np.float32),
              "rows": matmul(g_f[labelled].T, h[labelled]).astype(np.float32) if row_grads else None}
     B = len(q)
     return float((kl_weight * kl).sum() / B), float((sup_weight * sup).sum() / B), grads
