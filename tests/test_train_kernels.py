@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from qlite.train.kernels import (adam_dense, adc_backward, adc_scores, grad_norm, sgd_rows_in_radius, softmax_losses,
-                                 step_gradients)
+from qlite.train.kernels import (adam_dense, adc_backward, adc_scores, exp_nonpositive, grad_norm, sgd_rows_in_radius,
+                                 softmax_losses, step_gradients)
 from qlite.threads import numba_threads
 
 
@@ -170,3 +170,16 @@ def test_sgd_rows_step_follows_the_gradient_and_stays_in_radius():
     assert moved[1] == pytest.approx(0.01 * np.linalg.norm(grads[1]), rel=1e-4)  # a step of lr x the gradient
     assert moved[0] < 1e-6  # a negligible gradient barely moves its row (per-row Adam would move it by ~lr)
     assert moved[2] == pytest.approx(0.5, rel=1e-5)  # the trust radius caps a large step
+
+
+def test_exp_nonpositive_matches_float64_within_an_ulp():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([[0.0, -1e-9, -0.5, -86.9], -rng.exponential(8.0, 10_000)]).astype(np.float32)
+    out = np.empty_like(x)
+    exp_nonpositive(x, out)
+    want = np.exp(x.astype(np.float64))
+    assert out[0] == 1.0
+    np.testing.assert_allclose(out, want, rtol=2e-7)
+    floor = np.empty(2, np.float32)
+    exp_nonpositive(np.array([-100.0, -np.inf], np.float32), floor)  # clamped: a normal float, never 0 or NaN
+    np.testing.assert_allclose(floor, np.exp(-87.0), rtol=1e-6)
