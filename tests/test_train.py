@@ -13,7 +13,7 @@ from qlite.errors import QliteError
 from qlite.evaluate import evaluate
 from qlite.index.build import build_index
 from qlite.runs import UNTRAINED, latest_run, list_runs, load_run, open_retriever, remove_run, run_dir
-from qlite.train.candidates import build_candidates
+from qlite.train.candidates import build_candidates, first_seen
 from qlite.train.config import TrainConfig, lr_factor
 from qlite.train.pool import Labelled, csr, split_by_passage
 from qlite.train.state import TrainState
@@ -38,6 +38,18 @@ def test_candidates_union_dedup_insert_mask_and_budget():
     # a budget keeps the positives and the best ranks across lists and queries (rank-major)
     c = build_candidates([hits, teacher], positives, query_positives, budget=6)
     assert c.rows.tolist() == [3, 4, 5, 7, 8, 9]
+
+
+@pytest.mark.parametrize("limit", [0, 7, 10_000])
+def test_first_seen_matches_numpy(limit):
+    rng = np.random.default_rng(limit)
+    order = rng.integers(-1, 300, 2_000)
+    exclude = np.unique(rng.integers(0, 300, 20))
+    kept = order[order >= 0]
+    _, first = np.unique(kept, return_index=True)  # the oracle: first appearances, in order of appearance
+    want = kept[np.sort(first)]
+    want = want[~np.isin(want, exclude)][:limit]
+    assert first_seen(order, exclude, limit).tolist() == want.tolist()
 
 
 def test_lr_factor_warms_up_then_decays_to_zero():
