@@ -4,7 +4,7 @@ import pytest
 from qlite.errors import QliteError
 from qlite.index.flat import flat_search
 from qlite.index.ivfpq import PROBE_STRETCH, IVFPQIndex, IVFPQParams
-from qlite.index.kmeans import assign, kmeans
+from qlite.index.kmeans import _centroid_sums, assign, kmeans
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
@@ -22,6 +22,25 @@ def test_assign_matches_bruteforce():
     full = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(labels, full.argmin(1))
     np.testing.assert_allclose(dists, full.min(1), rtol=1e-4, atol=1e-4)
+
+
+def test_centroid_sums_match_numpy_whatever_the_threads():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5000, 24)).astype(np.float32)
+    labels = rng.integers(0, 40, len(x))
+    labels[labels == 7] = 8  # an empty cluster
+    want = np.zeros((41, 24))
+    np.add.at(want, labels, x.astype(np.float64))
+    runs = []
+    for threads in thread_counts():
+        with numba_threads(threads):
+            runs.append(_centroid_sums(x, labels, 41))
+    sums, counts = runs[0]
+    np.testing.assert_allclose(sums, want, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=41))
+    assert counts[7] == 0 and counts[40] == 0 and not sums[7].any()
+    for other in runs[1:]:  # the same bits on every thread count
+        np.testing.assert_array_equal(other[0], sums)
 
 
 def test_kmeans_objective_no_worse_than_numpy_lloyd_and_deterministic():
