@@ -70,8 +70,10 @@ def set_threads(n: int | None) -> int:
 
 
 # -- products split over threads ------------------------------------------------------------
-# Below this many multiply-adds a product runs whole: handing pieces to the pool costs ~50 us.
-SPLIT_FROM_MACS = 1 << 21
+# Below this many multiply-adds a product runs whole: waking the pool costs 50-100 us.  Measured on 2 cores
+# (64 queries x 384 against m columns, median of 300): 3.1M MACs 0.14 ms split / 0.09 whole, 9.5M 0.34 /
+# 0.25, 12.6M 0.32 / 0.33, 25M 0.56 / 0.69, 101M 2.0 / 3.2
+SPLIT_FROM_MACS = 1 << 24
 # Pieces are cut by shape alone (never by thread count), so a product's bits do not depend on the
 # threads that run it: at most MAX_PIECES pieces of at least MIN_PIECE rows (or columns) each.
 MAX_PIECES = 8

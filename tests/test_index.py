@@ -107,9 +107,11 @@ def data():
 
 @pytest.mark.parametrize("metric, opq, nprobe", [("ip", False, 16), ("ip", True, 16), ("l2", False, 16),
                                                  ("ip", False, 3), ("ip", True, 5), ("l2", True, 3)])
-@pytest.mark.parametrize("serial_below", [0, 1 << 40], ids=["parallel scan", "one-thread scan"])
-def test_search_equals_the_numpy_adc_oracle(data, monkeypatch, metric, opq, nprobe, serial_below):
+@pytest.mark.parametrize("serial_below, by_query_from", [(0, 1 << 40), (0, 0), (1 << 40, 1 << 40)],
+                         ids=["list-major scan", "query-major scan", "one-thread scan"])
+def test_search_equals_the_numpy_adc_oracle(data, monkeypatch, metric, opq, nprobe, serial_below, by_query_from):
     monkeypatch.setattr("qlite.index.ivfpq.SERIAL_SCAN_CODES", serial_below)
+    monkeypatch.setattr("qlite.index.ivfpq.BY_QUERY_PER_THREAD", by_query_from)
     x, q = data
     index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, nbits=8, metric=metric, opq=opq, niter=8)).retrain(x)
     s, r = index.search(q, 10, nprobe=nprobe)

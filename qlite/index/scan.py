@@ -1,10 +1,12 @@
 """ADC scan kernels over blocked inverted lists (see layout.py), list-major.
 
-A batch of queries is scanned list by list: the (query, probe) pairs are grouped by list, lists are
-cut into pieces of blocks, and the pieces are dealt to one part per thread (largest first, to the
-least loaded part).  Each part scans a piece's blocks once per query that probes the list, while the
-list's codes stay in cache, keeping its own top-k heap per query; the parts' heaps are merged at the
-end.  A single query's probed lists are spread over the threads the same way.
+A few queries are scanned list by list: the (query, probe) pairs are grouped by list, lists are cut
+into pieces of blocks, and the pieces are dealt to one part per thread (largest first, to the least
+loaded part).  Each part scans a piece's blocks once per query that probes the list, while the list's
+codes stay in cache, keeping its own top-k heap per query; the parts' heaps are merged at the end.  So a
+single query's probed lists are spread over the threads.  A batch is scanned query by query instead
+(``scan_bytes_by_query``, parallel over queries): a query's tables then stay in L1 for all its lists,
+which measured faster than sharing the lists' codes, from 5k rows to 1M.
 
 Ordering is total and deterministic: higher score first, then lower row id.  Every row lives in
 exactly one list, so the merged top-k is the unique top-k of all scored codes: it depends neither
@@ -150,6 +152,49 @@ def scan_bytes(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list
         touched[t] = _scan_part(t, lut, base, probes, pair_offsets, pairs, plan, block_offsets, list_sizes, codes,
                                 list_rows, l2, coarse, codebooks, cb_norms, depth, res_s, res_r, res_n, thr_s, thr_r)
     return touched  # returned so the table reads (see _touch_tables) cannot be dropped
+
+
+@njit(parallel=True, cache=True)
+def scan_bytes_by_query(lut, base, probes, block_offsets, list_sizes, codes, list_rows, depth, res_s, res_r, res_n,
+                        thr_s, thr_r):
+    """The 8-bit inner-product scan query-major: parallel over queries, each scanning its probed lists
+    with its own tables, into part 0's reservoirs (the other parts stay empty for merge_parts).  Same
+    scores, summed in the same order, as ``scan_bytes``.
+
+    List-major scanning shares a list's codes among the queries that probe it.  But the tables are the
+    larger traffic: 24 KB per query (M 24), re-read for every (list, query) pair, where here one query's
+    tables stay in L1 for all of its lists.  64 queries x top-100 over SciFact (5k rows, 102 of 128 lists
+    probed): 5.2 ms list-major, 2.9 ms here.
+    """
+    nq, nprobe = probes.shape
+    touched = np.empty(nq, np.float32)
+    for qi in prange(nq):
+        tab = lut[qi]
+        touched[qi] = _touch_tables(tab)
+        acc = np.empty(BLOCK, np.float32)
+        rs = res_s[0, qi]
+        rr = res_r[0, qi]
+        size = res_n[0, qi]
+        ws = thr_s[0, qi]
+        wr = thr_r[0, qi]
+        for p in range(nprobe):
+            lst = probes[qi, p]
+            b0 = base[qi, p]
+            end_slot = block_offsets[lst] * BLOCK + list_sizes[lst]
+            for b in range(block_offsets[lst], block_offsets[lst + 1]):
+                for j0 in range(0, BLOCK, 8):
+                    _sum8(tab, codes, b, j0, b0, acc)
+                first_slot = b * BLOCK
+                for j in range(min(BLOCK, end_slot - first_slot)):
+                    s = acc[j]
+                    if s >= ws:
+                        r = list_rows[first_slot + j]
+                        if _worse(ws, wr, s, r):
+                            size, ws, wr = reservoir_add(rs, rr, size, s, r, depth, ws, wr)
+        res_n[0, qi] = size
+        thr_s[0, qi] = ws
+        thr_r[0, qi] = wr
+    return touched
 
 
 @njit(cache=True)
