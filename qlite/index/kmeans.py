@@ -2,8 +2,8 @@
 
 Distances use the expansion ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: the x.c products are one
 matmul per block of rows (``threads.matmul``: pieces over the threads, one BLAS thread each; callers
-hold ``one_blas_thread``), and the Numba kernels do the rest in one parallel pass (argmin per row,
-centroid sums with per-thread partials, empty-cluster repair).
+hold ``one_blas_thread``), and the Numba kernels do the rest (argmin per row in parallel, centroid sums
+per cluster after a counting sort, empty-cluster repair).
 """
 from __future__ import annotations
 

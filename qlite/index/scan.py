@@ -1,4 +1,4 @@
-"""ADC scan kernels over blocked inverted lists (see layout.py), list-major.
+"""ADC scan kernels over blocked inverted lists (see layout.py), list-major or query-major.
 
 A few queries are scanned list by list: the (query, probe) pairs are grouped by list, lists are cut
 into pieces of blocks, and the pieces are dealt to one part per thread (largest first, to the least
