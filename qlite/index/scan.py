@@ -114,6 +114,22 @@ def _sum8(tab, codes, b, j0, b0, acc):
     acc[j0 + 7] = a7
 
 @njit(inline="always")
+def _scan_blocks(tab, codes, first_block, end_block, end_slot, b0, list_rows, acc, rs, rr, size, ws, wr, depth):
+    """Score blocks [first_block, end_block) of one list (slots before end_slot) with one query's tables
+    into its reservoir (rs, rr, size; threshold ws, wr); returns the new (size, ws, wr)."""
+    for b in range(first_block, end_block):
+        for j0 in range(0, BLOCK, 8):
+            _sum8(tab, codes, b, j0, b0, acc)
+        first_slot = b * BLOCK
+        for j in range(min(BLOCK, end_slot - first_slot)):
+            s = acc[j]
+            if s >= ws:  # most codes lose on score alone: only then read the row
+                r = list_rows[first_slot + j]
+                if _worse(ws, wr, s, r):
+                    size, ws, wr = reservoir_add(rs, rr, size, s, r, depth, ws, wr)
+    return size, ws, wr
+
+@njit(inline="always")
 def _touch_tables(tab):
     """Read one entry per cache line of a query's tables, in order.
 
@@ -181,16 +197,8 @@ def scan_bytes_by_query(lut, base, probes, block_offsets, list_sizes, codes, lis
             lst = probes[qi, p]
             b0 = base[qi, p]
             end_slot = block_offsets[lst] * BLOCK + list_sizes[lst]
-            for b in range(block_offsets[lst], block_offsets[lst + 1]):
-                for j0 in range(0, BLOCK, 8):
-                    _sum8(tab, codes, b, j0, b0, acc)
-                first_slot = b * BLOCK
-                for j in range(min(BLOCK, end_slot - first_slot)):
-                    s = acc[j]
-                    if s >= ws:
-                        r = list_rows[first_slot + j]
-                        if _worse(ws, wr, s, r):
-                            size, ws, wr = reservoir_add(rs, rr, size, s, r, depth, ws, wr)
+            size, ws, wr = _scan_blocks(tab, codes, block_offsets[lst], block_offsets[lst + 1], end_slot, b0,
+                                        list_rows, acc, rs, rr, size, ws, wr, depth)
         res_n[0, qi] = size
         thr_s[0, qi] = ws
         thr_r[0, qi] = wr
@@ -245,16 +253,8 @@ def _scan_part(t, lut, base, probes, pair_offsets, pairs, plan, block_offsets, l
             size = res_n[t, qi]
             ws = thr_s[t, qi]
             wr = thr_r[t, qi]
-            for b in range(piece_b0[piece], piece_b1[piece]):
-                for j0 in range(0, BLOCK, 8):
-                    _sum8(tab, codes, b, j0, b0, acc)
-                first_slot = b * BLOCK
-                for j in range(min(BLOCK, end_slot - first_slot)):
-                    s = acc[j]
-                    if s >= ws:  # most codes lose on score alone: only then read the row
-                        r = list_rows[first_slot + j]
-                        if _worse(ws, wr, s, r):
-                            size, ws, wr = reservoir_add(rs, rr, size, s, r, depth, ws, wr)
+            size, ws, wr = _scan_blocks(tab, codes, piece_b0[piece], piece_b1[piece], end_slot, b0, list_rows, acc,
+                                        rs, rr, size, ws, wr, depth)
             res_n[t, qi] = size
             thr_s[t, qi] = ws
             thr_r[t, qi] = wr
