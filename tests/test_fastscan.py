@@ -92,9 +92,13 @@ def data():
 
 @pytest.mark.parametrize("metric, opq, m, nprobe", [("ip", False, 8, 16), ("ip", True, 8, 4), ("ip", False, 7, 3),
                                                     ("l2", False, 8, 4), ("l2", True, 16, 16)])
-@pytest.mark.parametrize("serial_below", [0, 1 << 40], ids=["threads", "one thread"])
-def test_fastscan_search_equals_the_oracle_on_both_paths(data, monkeypatch, metric, opq, m, nprobe, serial_below):
+@pytest.mark.parametrize("serial_below, by_query_from", [(0, 1 << 40), (0, 0), (1 << 40, 1 << 40)],
+                         ids=["list-major", "query-major", "one thread"])
+def test_fastscan_search_equals_the_oracle_on_both_paths(data, monkeypatch, metric, opq, m, nprobe, serial_below,
+                                                         by_query_from):
     monkeypatch.setattr("qlite.index.ivfpq.SERIAL_SCAN_CODES", serial_below)
+    monkeypatch.setattr("qlite.index.ivfpq.BY_QUERY_PER_THREAD", by_query_from)
+    monkeypatch.setattr("qlite.index.ivfpq.BY_QUERY_CAND", 0)
     x, q = data
     dim = 28 if m == 7 else 32
     x, q = np.ascontiguousarray(x[:, :dim]), np.ascontiguousarray(q[:, :dim])

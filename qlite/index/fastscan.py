@@ -284,6 +284,37 @@ def scan_nibbles(simd, lut, qluts, qbias, qinv, qmax, base, probes, pair_offsets
                 thr_r[t, qi] = wr
 
 
+@njit(parallel=True, cache=True)
+def scan_nibbles_by_query(simd, qluts, qbias, qinv, base, probes, block_offsets, list_sizes, codes, list_rows, n_cand,
+                          res_s, res_r, res_n, thr_s, thr_r):
+    """The inner-product fast-scan query-major: parallel over queries, each scanning its probed lists in
+    probe order (nearest first) into part 0's reservoirs.  The same candidates as seed_nibbles +
+    scan_nibbles: the reservoir keeps the exact top n_cand by approximate score, in any scan order.
+
+    A query's quantised tables (24 rows of 32 bytes at M 48) stay in L1 across its lists, and its
+    threshold rises with its own nearest lists rather than with whatever lists a thread met first, so
+    fewer codes pass the integer pre-filter.  That pays when n_cand is large (re-ranking; see
+    ivfpq.BY_QUERY_CAND).
+    """
+    nq, nprobe = probes.shape
+    for qi in prange(nq):
+        sums = np.empty(BLOCK, np.uint16)
+        qt = qluts[qi]
+        rs = res_s[0, qi]
+        rr = res_r[0, qi]
+        size = res_n[0, qi]
+        ws = thr_s[0, qi]
+        wr = thr_r[0, qi]
+        for p in range(nprobe):
+            lst = probes[qi, p]
+            size, ws, wr = _scan_blocks(simd, codes, block_offsets[lst], block_offsets[lst + 1],
+                                        block_offsets[lst] * BLOCK + list_sizes[lst], qt, base[qi, p] + qbias[qi],
+                                        qinv[qi], list_rows, sums, rs, rr, size, ws, wr, n_cand)
+        res_n[0, qi] = size
+        thr_s[0, qi] = ws
+        thr_r[0, qi] = wr
+
+
 RESCORE_AHEAD = 4  # candidates whose code blocks rescore fetches ahead
 
 
