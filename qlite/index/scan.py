@@ -24,19 +24,23 @@ from .topk import _worse, reservoir_add
 PREFETCH_ROWS = 2  # exact_scores fetches the row this many candidates ahead
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def exact_scores(source, queries, rows, l2):
     """float32 [nq, R]: <q, x_row> (or -||q - x_row||^2 for l2) of each query's candidate rows, read from
     source [N, d] (a memmap of the float cache is fine); -inf where the row is -1.
 
-    Summed in 16 interleaved float32 lanes (vectorisable) combined in a fixed order: deterministic.
-    Rows are random reads: each is prefetched two candidates ahead (measured 1.4x on 1M rows).
+    The sums may be reassociated, so LLVM vectorises them: the compiler fixes their order once (by d and
+    the CPU's vector width), so a score does not depend on the batch or the thread count.  Summed in 16
+    fixed lanes instead, the loop stayed scalar: 1M dot products of 384 floats took 68 ms with the rows in
+    cache, against 15 ms now, and re-ranking 1,000 candidates for 1,000 queries on 1M rows from the
+    memory-mapped cache 236 ms against 125 ms.  Rows are random reads: each is prefetched two candidates
+    ahead (measured 1.4x on 1M rows).
     """
     nq, R = rows.shape
     d = queries.shape[1]
     out = np.empty((nq, R), np.float32)
     for i in prange(nq):
-        lanes = np.empty(16, np.float32)
+        q = queries[i]
         for c in range(R):
             if c + PREFETCH_ROWS < R and rows[i, c + PREFETCH_ROWS] >= 0:
                 for t in range(0, d, 16):
@@ -45,24 +49,17 @@ def exact_scores(source, queries, rows, l2):
             if r < 0:
                 out[i, c] = -np.inf
                 continue
-            lanes[:] = 0
-            for t0 in range(0, d - d % 16, 16):
-                for lane in range(16):
-                    if l2:
-                        diff = source[r, t0 + lane] - queries[i, t0 + lane]
-                        lanes[lane] += diff * diff
-                    else:
-                        lanes[lane] += source[r, t0 + lane] * queries[i, t0 + lane]
+            x = source[r]
             acc = np.float32(0.0)
-            for lane in range(16):
-                acc += lanes[lane]
-            for t in range(d - d % 16, d):
-                if l2:
-                    diff = source[r, t] - queries[i, t]
+            if l2:
+                for t in range(d):
+                    diff = x[t] - q[t]
                     acc += diff * diff
-                else:
-                    acc += source[r, t] * queries[i, t]
-            out[i, c] = -acc if l2 else acc
+                out[i, c] = -acc
+            else:
+                for t in range(d):
+                    acc += x[t] * q[t]
+                out[i, c] = acc
     return out
 
 @njit(inline="always")
