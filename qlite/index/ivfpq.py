@@ -348,11 +348,7 @@ class IVFPQIndex:
         cb_norms = (cb * cb).sum(2) if l2 else np.empty((0, 0), np.float32)
         merge = merge_parts_serial if len(q) < SERIAL_BELOW else merge_parts
         if not self.params.nibbles:
-            res_s = np.empty((nparts, len(q), 2 * depth), np.float32)
-            res_r = np.empty((nparts, len(q), 2 * depth), np.int64)
-            res_n = np.zeros((nparts, len(q)), np.int64)
-            thr_s = np.full((nparts, len(q)), -np.inf, np.float32)
-            thr_r = np.zeros((nparts, len(q)), np.int64)
+            res_s, res_r, res_n, thr_s, thr_r = _reservoirs(1 if by_query else nparts, len(q), depth)
             if by_query:
                 scan_bytes_by_query(lut, base, probes, self.block_offsets, self.list_sizes, self.codes,
                                     self.list_rows, depth, res_s, res_r, res_n, thr_s, thr_r)
@@ -370,11 +366,7 @@ class IVFPQIndex:
         # queries would leave threads idle in that query-parallel pass
         seeded = not by_query and len(q) >= SEED_FROM * nparts
         slots = 1 if by_query else nparts + 1 if seeded else nparts
-        res_s = np.empty((slots, len(q), 2 * n_cand), np.float32)
-        res_r = np.empty((slots, len(q), 2 * n_cand), np.int64)
-        res_n = np.zeros((slots, len(q)), np.int64)
-        thr_s = np.full((slots, len(q)), -np.inf, np.float32)
-        thr_r = np.zeros((slots, len(q)), np.int64)
+        res_s, res_r, res_n, thr_s, thr_r = _reservoirs(slots, len(q), n_cand)
         simd = fastscan.simd_flag(fastscan.USE_AVX2)
         if by_query:
             fastscan.scan_nibbles_by_query(simd, qluts, qbias, qinv, base, probes, self.block_offsets, self.list_sizes,
@@ -395,6 +387,13 @@ class IVFPQIndex:
 
     def describe(self) -> dict:
         return asdict(self.params)
+
+
+def _reservoirs(parts, nq, keep):
+    """Empty per-(part, query) reservoirs for the scans: entries (scores, rows) [parts, nq, 2 keep], their
+    counts [parts, nq], and thresholds (score -inf, row 0) [parts, nq]."""
+    return (np.empty((parts, nq, 2 * keep), np.float32), np.empty((parts, nq, 2 * keep), np.int64),
+            np.zeros((parts, nq), np.int64), np.full((parts, nq), -np.inf, np.float32), np.zeros((parts, nq), np.int64))
 
 
 def rerank_exact(source, queries, rows, metric="ip", k=None):

@@ -171,8 +171,8 @@ def scan_bytes(lut, base, probes, pair_offsets, pairs, plan, block_offsets, list
 def scan_bytes_by_query(lut, base, probes, block_offsets, list_sizes, codes, list_rows, depth, res_s, res_r, res_n,
                         thr_s, thr_r):
     """The 8-bit inner-product scan query-major: parallel over queries, each scanning its probed lists
-    with its own tables, into part 0's reservoirs (the other parts stay empty for merge_parts).  Same
-    scores, summed in the same order, as ``scan_bytes``.
+    with its own tables, into part 0's reservoirs (the caller passes one part).  Same scores, summed in the
+    same order, as ``scan_bytes``.
 
     List-major scanning shares a list's codes among the queries that probe it.  But the tables are the
     larger traffic: 24 KB per query (M 24), re-read for every (list, query) pair, where here one query's
