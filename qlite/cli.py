@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import QliteError
 from .metrics import DEFAULT_METRICS
-from .train.config import TrainConfig
+from .train.config import PSEUDO_SOURCES, TrainConfig
 
 
 def threads_option(fn):
@@ -257,6 +257,8 @@ TRAIN_HELP = {
     "teacher_k": "Flat search's best passages per query, added to the candidates.",
     "budget": "Cap on candidates per step (0: none).",
     "pseudo_queries": "Passages used as queries for distillation (they need no labels).",
+    "pseudo_source": "A pseudo-query is the passage's title (its opening words without one) encoded as a query, "
+                     "the passage's own embedding, or both.",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
     "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
     "supervised_negatives": "Negatives of the supervised loss: every candidate, or only other queries' positives.",
@@ -278,7 +280,8 @@ TRAIN_HELP = {
     "checkpoint_every": "Steps between checkpoints (a crash loses at most this many).",
     "seed": "Seed of batches, positives, pseudo-queries and the dev split.",
 }
-TRAIN_CHOICES = {"supervised_negatives": click.Choice(["all", "positives"])}
+TRAIN_CHOICES = {"supervised_negatives": click.Choice(["all", "positives"]),
+                 "pseudo_source": click.Choice(list(PSEUDO_SOURCES))}
 TRAIN_FLAGS = {"train_head": ("--head/--no-head", "Train the query head."),
                "train_codebooks": ("--codebooks/--no-codebooks", "Train the index's PQ codebooks."),
                "train_coarse": ("--coarse/--no-coarse", "Train the index's coarse centroids."),

@@ -15,7 +15,9 @@ from qlite.index.build import build_index
 from qlite.runs import UNTRAINED, latest_run, list_runs, load_run, open_retriever, remove_run, run_dir
 from qlite.train.candidates import build_candidates, first_seen
 from qlite.train.config import TrainConfig, lr_factor
-from qlite.train.pool import Labelled, csr, split_by_passage
+from qlite.encoder.queries import encode_queries, query_encoder
+from qlite.progress import Progress
+from qlite.train.pool import Labelled, build_pool, csr, pseudo_texts, split_by_passage
 from qlite.train.state import TrainState
 from qlite.train.trainer import train
 
@@ -154,6 +156,31 @@ def test_supervised_training_lifts_ivfpq_recall_and_leaves_the_cache_alone(title
     assert sorted(p.name for p in run_dir(path, r.name).iterdir()) == ["log.jsonl", "run.h5"]
     again = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1)
     assert again.already_done  # rerunning the finished command does nothing
+
+
+def test_pseudo_texts_are_titles_or_the_opening_sentence():
+    class Snippets:
+        def snippets(self, rows, width):
+            return {0: "A title | and its text. More", 1: "No title here. Then more text",
+                    2: "an opening cut short witho", 4: "Title: with | two bars | text"}
+    assert pseudo_texts(Snippets(), [0, 1, 2, 3, 4]) == ["A title", "No title here.", "an opening cut short witho",
+                                                        "", "Title: with"]
+
+
+@pytest.mark.parametrize("source", ["titles", "passages", "both"])
+def test_pool_pseudo_queries_are_encoded_titles_or_passage_embeddings(title_task, tmp_path, source):
+    cache = Cache(title_task["cache"])
+    cfg = TrainConfig(pseudo_queries=50, pseudo_source=source)
+    pool = build_pool(cache, cfg, title_task["queries"], title_task["qrels"], None, 1, Progress(), tmp_path / "p.h5")
+    n_real = pool.counts["labelled"]
+    rows = np.sort(np.random.default_rng([cfg.seed, 11]).choice(cache.count, 50, replace=False))
+    passages = np.asarray(cache.embeddings[rows])
+    titles = encode_queries(query_encoder(cache, 1), pseudo_texts(cache, rows))  # openings: the titles are blank
+    want = {"titles": titles, "passages": passages, "both": np.vstack([passages, titles])}[source]
+    np.testing.assert_allclose(pool.vectors[n_real:], want, atol=1e-6)
+    assert pool.counts["pseudo"] == len(want) and pool.counts["pseudo_titles"] == (0 if source == "passages" else 50)
+    assert ("titles as queries" in pool.describe_text()) == (source != "passages")
+    assert not np.allclose(titles, passages, atol=1e-3)
 
 
 def test_distillation_alone_brings_the_index_closer_to_flat_search(title_task):

@@ -11,7 +11,10 @@ from ..errors import QliteError
 
 
 # options added after runs were stored -> the value that reproduces training from before the option existed
-ADDED_LATER = {"head_decay": 0.0}
+ADDED_LATER = {"head_decay": 0.0, "pseudo_source": "passages"}
+
+
+PSEUDO_SOURCES = ("titles", "passages", "both")
 
 
 @dataclass
@@ -31,6 +34,9 @@ class TrainConfig:
     tau_teacher: float = 0.05
     tau_supervised: float = 0.05
     pseudo_queries: int = 4096  # passages used as queries (0: none)
+    # what a pseudo-query is: "titles" the passage's title (its opening words when it has none) encoded as a
+    # query, "passages" the passage's own embedding, "both" one of each.  See pool.pseudo_texts
+    pseudo_source: str = "titles"
     # candidates of a step: each query's index hits and the teacher's best passages, shared by the batch
     batch_size: int = 64
     k: int = 100
@@ -73,6 +79,9 @@ class TrainConfig:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
             raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
+        if self.pseudo_source not in PSEUDO_SOURCES:
+            raise QliteError(f"training option pseudo_source must be one of {', '.join(PSEUDO_SOURCES)} "
+                             f"(got {self.pseudo_source!r})")
         if self.supervised_negatives not in ("all", "positives"):
             raise QliteError(f"training option supervised_negatives must be 'all' or 'positives' "
                              f"(got {self.supervised_negatives!r})")

@@ -4,9 +4,12 @@ The **pool** holds every query a step can draw, as encoder embeddings [P, d]:
 
 - *labelled* queries (from the training qrels): they carry positives, for the supervised loss;
 - *unlabelled* queries (a queries file given without qrels: every query of the file);
-- *pseudo-queries*: passages of the corpus used as queries.  They cost no encoding (their embedding is
-  in the cache) and reach every part of the corpus, so the quantizer learns about passages that no
-  real query points to.
+- *pseudo-queries*: passages of the corpus standing in for queries about them, so the quantizer learns
+  about passages that no real query points to.  By default a pseudo-query is the passage's title (its
+  opening words when it has none) encoded as a query: short, like a real query, and asymmetric to the
+  passage it names, as the inverse cloze task of Lee et al. (2019) makes a sentence the query of its
+  context.  Chosen on dev over the passage's own embedding (``pseudo_source``): cold dev gain +0.0433
+  against +0.0229 on NFCorpus's cold folds, equal on SciFact's.
 
 With qrels, only the queries the training qrels name are used: the rest of a BEIR queries file holds
 the test queries, which training must never see.
@@ -138,6 +141,22 @@ def split_by_passage(train: Labelled, held: np.ndarray, seed: int):
     return train.subset(sorted(order[n_dev:])), train.subset(sorted(order[:n_dev])), "dev: held-out queries"
 
 
+def pseudo_texts(cache: Cache, rows) -> list:
+    """The text standing in for a query about each of ``rows``: its title, or, for a passage without one,
+    its opening words up to the first sentence end, read from the cache's snippets (at most 128 bytes of
+    "title | text").  "" where the cache keeps no text."""
+    snippets = cache.snippets(rows, width=1 << 16)
+    out = []
+    for r in rows:
+        title, sep, text = snippets.get(int(r), "").partition(" | ")
+        if not sep:  # no title: the snippet is the passage's opening
+            text, title = title, ""
+            end = text.find(". ")
+            title = text[:end + 1] if end > 0 else text
+        out.append(title.strip())
+    return out
+
+
 def teacher_top(embeddings, queries, k, block_queries=1024) -> np.ndarray:
     """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise."""
     out = np.empty((len(queries), min(k, len(embeddings))), np.int64)
@@ -180,8 +199,12 @@ class Pool:
 
     def describe_text(self) -> str:
         c = self.describe()
-        return (f"{c['labelled']:,} labelled queries, {c['unlabelled']:,} unlabelled, {c['pseudo']:,} passages as "
-                f"queries; {c['dev']:,} dev queries ({self.dev_split})")
+        titles = c.get("pseudo_titles", 0)
+        pseudo = (f"{c['pseudo']:,} passages as queries" if not titles else
+                  f"{titles:,} passage titles as queries" if titles == c["pseudo"] else
+                  f"{c['pseudo'] - titles:,} passages and {titles:,} passage titles as queries")
+        return (f"{c['labelled']:,} labelled queries, {c['unlabelled']:,} unlabelled, {pseudo}; "
+                f"{c['dev']:,} dev queries ({self.dev_split})")
 
     def save(self, path):
         with atomic_write(path) as tmp:
@@ -242,12 +265,7 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         if dev_texts:
             dev, split = DevSet("agreement@10", None), "dev: held-out queries, agreement with flat search"
     texts = (labelled.texts if labelled else []) + unlabelled
-    encoder = query_encoder(cache, threads) if texts or dev_texts else None
-    with progress.stage("encoding queries", len(texts) + len(dev_texts)) as bar:
-        real = encode_queries(encoder, texts) if texts else np.zeros((0, cache.dim), np.float32)
-        bar.update(len(texts))
-        dev_vectors = encode_queries(encoder, dev_texts) if dev_texts else None
-        bar.update(len(dev_texts))
+    dev_vectors = None
     rng = np.random.default_rng([cfg.seed, 11])
     n = cache.count
     dev_pseudo = np.zeros(0, np.int64)
@@ -257,7 +275,26 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         dev_vectors = np.asarray(cache.embeddings[dev_pseudo], np.float32)
     candidates = np.setdiff1d(np.arange(n), dev_pseudo)
     pseudo = np.sort(rng.choice(candidates, min(cfg.pseudo_queries, len(candidates)), replace=False))
-    vectors = np.vstack([real, np.asarray(cache.embeddings[pseudo], np.float32)]).astype(np.float32)
+    title_rows, titles = np.zeros(0, np.int64), []
+    if cfg.pseudo_source != "passages" and len(pseudo):
+        found = pseudo_texts(cache, pseudo)
+        title_rows = np.array([r for r, t in zip(pseudo, found) if t], np.int64)
+        titles = [t for t in found if t]
+    encoder = query_encoder(cache, threads) if texts or dev_texts or titles else None
+    with progress.stage("encoding queries", len(texts) + len(dev_texts) + len(titles)) as bar:
+        real = encode_queries(encoder, texts) if texts else np.zeros((0, cache.dim), np.float32)
+        bar.update(len(texts))
+        if dev_texts:
+            dev_vectors = encode_queries(encoder, dev_texts)
+            bar.update(len(dev_texts))
+        by_title = encode_queries(encoder, titles) if titles else np.zeros((0, cache.dim), np.float32)
+        bar.update(len(titles))
+    pseudo_vectors = np.asarray(cache.embeddings[pseudo], np.float32)
+    if cfg.pseudo_source == "titles":  # a passage without any text keeps its embedding
+        pseudo_vectors[np.searchsorted(pseudo, title_rows)] = by_title
+    elif cfg.pseudo_source == "both":
+        pseudo_vectors = np.vstack([pseudo_vectors, by_title])
+    vectors = np.vstack([real, pseudo_vectors]).astype(np.float32)
     if len(vectors) == 0:
         raise QliteError("nothing to train on: no queries and no passages as queries")
     n_lab = len(labelled) if labelled else 0
@@ -271,6 +308,7 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         if dev.metric == "agreement@10":
             dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10)
     pool = Pool(vectors, pos_ptr, pos_rows, teacher,
-                {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo)}, dev, split)
+                {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo_vectors),
+                 "pseudo_titles": len(titles)}, dev, split)
     pool.save(path)
     return pool
