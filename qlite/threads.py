@@ -81,7 +81,9 @@ MIN_PIECE = 32
 _pool = (0, None)  # (workers, ThreadPoolExecutor): made on first use, remade when the thread count changes
 
 
-def _thread_pool(n):
+def thread_pool(n):
+    """The process's pool of ``n`` Python threads, for work that releases the GIL (NumPy products, nogil
+    Numba kernels)."""
     global _pool
     if _pool[0] != n:
         from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +128,6 @@ def matmul(a, b, out=None):
         for bounds in pieces:
             piece(bounds)
     else:
-        for _ in _thread_pool(threads).map(piece, pieces):
+        for _ in thread_pool(threads).map(piece, pieces):
             pass
     return out

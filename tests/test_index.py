@@ -4,6 +4,7 @@ import pytest
 from qlite.errors import QliteError
 from qlite.index.flat import flat_search
 from qlite.index.ivfpq import PROBE_STRETCH, IVFPQIndex, IVFPQParams
+from qlite.index import kmeans as kmeans_module
 from qlite.index.kmeans import _centroid_sums, assign, kmeans
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
@@ -14,14 +15,26 @@ from .oracles import clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq
 from .support import thread_counts
 
 
-def test_assign_matches_bruteforce():
+@pytest.mark.parametrize("piece_bytes", [1 << 20, 37 * 4 * 64])  # one piece; 47 pieces of 64 rows
+def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_bytes):
+    monkeypatch.setattr(kmeans_module, "PIECE_DOTS_BYTES", piece_bytes)
+    monkeypatch.setattr(kmeans_module, "PIECE_MACS", 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 12)).astype(np.float32)
     c = rng.standard_normal((37, 12)).astype(np.float32)
-    labels, dists = assign(x, c, block=500)
     full = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+    runs = []
+    for threads in thread_counts():
+        with numba_threads(threads):
+            runs.append(assign(x, c))
+            labels, dists = assign(x, c, x_norms=(x * x).sum(1))  # norms the caller keeps
+            np.testing.assert_array_equal(labels, runs[-1][0])
+    labels, dists = runs[0]
     np.testing.assert_array_equal(labels, full.argmin(1))
     np.testing.assert_allclose(dists, full.min(1), rtol=1e-4, atol=1e-4)
+    for other in runs[1:]:  # the same bits on every thread count
+        np.testing.assert_array_equal(other[0], labels)
+        np.testing.assert_array_equal(other[1], dists)
 
 
 def test_centroid_sums_match_numpy_whatever_the_threads():
