@@ -118,7 +118,7 @@ def assign(x, centroids, c_norms=None, x_norms=None):
 
     def piece(start):
         xb = np.ascontiguousarray(x[start:start + rows])
-        xn = x_norms[start:start + rows] if x_norms is not None else (xb * xb).sum(1)
+        xn = x_norms[start:start + rows] if x_norms is not None else np.einsum("ij,ij->i", xb, xb)
         _argmin_rows(xb @ centroids_t, xn, c_norms, labels, dists, start)
 
     starts = range(0, n, rows)
@@ -155,7 +155,9 @@ def kmeans(x, k, niter=25, seed=1234, max_points_per_centroid=256, return_object
     xt = np.ascontiguousarray(x[rows] if len(rows) < n else x[:], np.float32)
     # random init (as faiss): on 65k x 384, M 24 it matched k-means++'s error and trained 27% faster
     centroids = xt[np.sort(rng.choice(len(xt), k, replace=False))].copy()
-    x_norms = (xt * xt).sum(1)
+    # the norms only offset the reported distances, never the labels; einsum makes no [n, d] temporary
+    # (squaring into one took 0.9 s for 262k x 384, most of it faulting in fresh pages)
+    x_norms = np.einsum("ij,ij->i", xt, xt)
     objective = []
     for it in range(niter):
         labels, dists = assign(xt, centroids, x_norms=x_norms)
