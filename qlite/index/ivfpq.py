@@ -140,7 +140,7 @@ class IVFPQIndex:
         p = self.params
         p.validate(len(source))
         rng = np.random.default_rng(p.seed)
-        with one_blas_thread():  # assign cuts its products over the threads itself (threads.matmul)
+        with one_blas_thread():  # assign deals its pieces' products to the threads itself (kmeans.assign)
             self.coarse = kmeans(source, p.nlist, niter=p.niter, seed=p.seed,
                                  max_points_per_centroid=p.max_points_per_centroid)
         # the residual quantizer is trained on residuals of a subsample of (at most 256 x ksub) rows

@@ -114,7 +114,8 @@ def assign(x, centroids, c_norms=None, x_norms=None):
     labels = np.empty(n, np.int64)
     dists = np.empty(n, np.float32)
     centroids_t = centroids.T
-    rows = max(1, min(PIECE_DOTS_BYTES // (4 * k), n), -(-PIECE_MACS // max(1, d * k)))
+    rows = max(1, min(n, PIECE_DOTS_BYTES // (4 * k)))  # products held in cache ...
+    rows = max(rows, -(-PIECE_MACS // max(1, d * k)))  # ... unless a piece would be too small to hand over
 
     def piece(start):
         xb = np.ascontiguousarray(x[start:start + rows])
