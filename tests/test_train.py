@@ -162,9 +162,11 @@ def test_pseudo_texts_are_titles_or_the_opening_sentence():
     class Snippets:
         def snippets(self, rows, width):
             return {0: "A title | and its text. More", 1: "No title here. Then more text",
-                    2: "an opening cut short witho", 4: "Title: with | two bars | text"}
-    assert pseudo_texts(Snippets(), [0, 1, 2, 3, 4]) == ["A title", "No title here.", "an opening cut short witho",
-                                                        "", "Title: with"]
+                    2: "an opening cut short witho", 4: "Title: with | two bars | text",
+                    5: "Summary | First. Second", 6: "Summary | Other text", 7: "Summary | "}
+    assert pseudo_texts(Snippets(), [0, 1, 2, 3, 4, 5, 6, 7]) == [
+        "A title", "No title here.", "an opening cut short witho", "", "Title: with",
+        "First.", "Other text", ""]  # a shared title gives way to each passage's opening (if any)
 
 
 @pytest.mark.parametrize("source", ["titles", "passages", "both"])

@@ -8,7 +8,8 @@ The **pool** holds every query a step can draw, as encoder embeddings [P, d]:
   about passages that no real query points to.  By default a pseudo-query is the passage's title (its
   opening words when it has none) encoded as a query: short, like a real query, and asymmetric to the
   passage it names, as the inverse cloze task of Lee et al. (2019) makes a sentence the query of its
-  context.  Chosen on dev over the passage's own embedding (``pseudo_source``; 3 cold folds x 3 index
+  context (a title that several passages share gives way to each one's opening sentence).  Chosen on
+  dev over the passage's own embedding (``pseudo_source``; 3 cold folds x 3 index
   seeds): cold dev gain +0.0306 against +0.0247 on SciFact, +0.0430 against +0.0312 on NFCorpus, warm
   dev equal or better.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,19 +145,21 @@ def split_by_passage(train: Labelled, held: np.ndarray, seed: int):
 
 
 def pseudo_texts(cache: Cache, rows) -> list:
-    """The text standing in for a query about each of ``rows``: its title, or, for a passage without one,
-    its opening words up to the first sentence end, read from the cache's snippets (at most 128 bytes of
-    "title | text").  "" where the cache keeps no text."""
+    """The text standing in for a query about each of ``rows``: its title, read from the cache's snippets
+    (at most 128 bytes of "title | text"), or its opening words up to the first sentence end when it has
+    no title, or when other rows share its title (a title naming several passages, as a Wikipedia
+    article's does, or boilerplate such as "Summary", would make the same query many times).  "" where
+    the cache keeps no text."""
     snippets = cache.snippets(rows, width=1 << 16)
-    out = []
+    parts = []
     for r in rows:
         title, sep, text = snippets.get(int(r), "").partition(" | ")
         if not sep:  # no title: the snippet is the passage's opening
-            text, title = title, ""
-            end = text.find(". ")
-            title = text[:end + 1] if end > 0 else text
-        out.append(title.strip())
-    return out
+            title, text = "", title
+        end = text.find(". ")
+        parts.append((title.strip(), (text[:end + 1] if end > 0 else text).strip()))
+    uses = Counter(title for title, _ in parts if title)
+    return [title if title and uses[title] == 1 else opening for title, opening in parts]
 
 
 def teacher_top(embeddings, queries, k, block_queries=1024) -> np.ndarray:
