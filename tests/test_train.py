@@ -153,6 +153,12 @@ def test_supervised_training_lifts_ivfpq_recall_and_leaves_the_cache_alone(title
     assert r.name == result.run and not np.allclose(r.head[:-1], np.eye(r.head.shape[1]))
     log = [json.loads(line) for line in (run_dir(path, r.name) / "log.jsonl").read_text().splitlines()]
     assert any("loss" in e for e in log) and any("dev_ndcg@10" in e for e in log)
+    evals = [e for e in log if "dev_ndcg@10" in e]  # every evaluation also scores the two halves of dev
+    n = 240  # dev is the 240 title queries here
+    for e in evals:  # ... whose query-weighted mean is the dev score
+        a, b = e["dev_halves"]
+        assert abs((a * ((n + 1) // 2) + b * (n // 2)) / n - e["dev_ndcg@10"]) < 1e-4, e
+    assert len({tuple(e["dev_halves"]) for e in evals}) > 1
     assert sorted(p.name for p in run_dir(path, r.name).iterdir()) == ["log.jsonl", "run.h5"]
     again = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"], config=cfg, threads=1)
     assert again.already_done  # rerunning the finished command does nothing

@@ -68,6 +68,18 @@ def splits(data: Path, work: Path, nfcorpus_cold=True) -> dict:
     return out
 
 
+def prepare(data: Path, work: Path, dataset: str, seed: int, threads=None) -> Path:
+    """The cache of ``dataset`` with its base index built with index seed ``seed`` (built once, then reused)."""
+    base = work / f"{dataset}.h5"
+    build_cache(data / dataset / "corpus.jsonl.gz", base, threads=threads)
+    cache = work / f"{dataset}-s{seed}.h5"
+    if not cache.exists():
+        shutil.copy(base, cache)
+    if not (work / f"{dataset}-s{seed}.ivfpq.h5").exists():
+        build_index(cache, seed=seed, threads=threads)
+    return cache
+
+
 def ndcg(cache, d: Path, run):
     rep = evaluate(cache, d / "queries.jsonl.gz", d / "qrels" / "test.tsv", ("ndcg@10",), runs=[run])
     return {r.system.split()[0]: r.means["ndcg@10"] for r in rep.rows}
@@ -101,13 +113,7 @@ def main():
     curves = {}
     for seed in map(int, args.seeds.split(",")):
         for split, (dataset, d, has_dev) in splits(data, work, args.nfcorpus_cold).items():
-            base = work / f"{dataset}.h5"
-            build_cache(data / dataset / "corpus.jsonl.gz", base, threads=args.threads)
-            cache = work / f"{dataset}-s{seed}.h5"
-            if not cache.exists():
-                shutil.copy(base, cache)
-            if not (work / f"{dataset}-s{seed}.ivfpq.h5").exists():
-                build_index(cache, seed=seed, threads=args.threads)
+            cache = prepare(data, work, dataset, seed, args.threads)
             untrained = ndcg(cache, d, "untrained")
             results.setdefault((split, "flat, untrained"), []).append(untrained["flat"])
             results.setdefault((split, "IVF-PQ 64x, untrained"), []).append(untrained["ivfpq"])
