@@ -258,7 +258,7 @@ TRAIN_HELP = {
     "budget": "Cap on candidates per step (0: none).",
     "pseudo_queries": "Passages used as queries for distillation (they need no labels).",
     "pseudo_source": "A pseudo-query is the passage's title (its opening words without one) encoded as a query, "
-                     "the passage's own embedding, or both.",
+                     "the passage's own embedding, or both (one of each).",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
     "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
     "supervised_negatives": "Negatives of the supervised loss: every candidate, or only other queries' positives.",

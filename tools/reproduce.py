@@ -37,7 +37,8 @@ from qlite.train.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (1234, 1, 2)
 ABLATION = {  # name -> options changed from the defaults
-    "defaults (distill + supervised, head + codebooks + coarse, head decay 10, title pseudo-queries)": {},
+    "defaults (distill + supervised, head + codebooks + coarse, head decay 10, pseudo-queries: titles and "
+    "passage embeddings)": {},
     "distillation only (no labels)": {"supervised": 0.0},
     "supervised only (no distillation)": {"distill": 0.0},
     "no pseudo-queries": {"pseudo_queries": 0},
@@ -48,7 +49,7 @@ ABLATION = {  # name -> options changed from the defaults
     "supervised negatives: other positives only": {"supervised_negatives": "positives"},
     "no head decay (--head-decay 0)": {"head_decay": 0.0},
     "pseudo-queries: passage embeddings (the default before stop 19)": {"pseudo_source": "passages"},
-    "pseudo-queries: titles and passage embeddings": {"pseudo_source": "both"},
+    "pseudo-queries: titles only (the default of stop 19)": {"pseudo_source": "titles"},
 }
 
 

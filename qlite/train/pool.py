@@ -5,13 +5,14 @@ The **pool** holds every query a step can draw, as encoder embeddings [P, d]:
 - *labelled* queries (from the training qrels): they carry positives, for the supervised loss;
 - *unlabelled* queries (a queries file given without qrels: every query of the file);
 - *pseudo-queries*: passages of the corpus standing in for queries about them, so the quantizer learns
-  about passages that no real query points to.  By default a pseudo-query is the passage's title (its
-  opening words when it has none) encoded as a query: short, like a real query, and asymmetric to the
-  passage it names, as the inverse cloze task of Lee et al. (2019) makes a sentence the query of its
-  context (a title that several passages share gives way to each one's opening sentence).  Chosen on
-  dev over the passage's own embedding (``pseudo_source``; 3 cold folds x 3 index
-  seeds): cold dev gain +0.0306 against +0.0247 on SciFact, +0.0430 against +0.0312 on NFCorpus, warm
-  dev equal or better.
+  about passages that no real query points to.  By default each sampled passage gives two: its title
+  (its opening words when it has none) encoded as a query, short and asymmetric to the passage it names
+  as a real query is (the inverse cloze task of Lee et al., 2019, makes a sentence the query of its
+  context; a title that several passages share gives way to each one's opening sentence), and the
+  passage's own embedding.  ``pseudo_source`` chooses: ``titles`` and ``passages`` keep one of the two.
+  Chosen on cold dev (3 folds x 3 index seeds, tools/dev_sweep.py), cross-fitted gains: both +0.0278
+  (SciFact) and +0.0260 (NFCorpus), titles +0.0199 and +0.0221; stop 19's kept-step gains put passage
+  embeddings alone below titles (+0.0247 against +0.0306 on SciFact, +0.0312 against +0.0430).
 
 With qrels, only the queries the training qrels name are used: the rest of a BEIR queries file holds
 the test queries, which training must never see.
