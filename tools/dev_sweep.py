@@ -19,6 +19,7 @@ its cross-fitted gain beat the first variant's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -95,7 +96,10 @@ def main():
             cache = prepare(data, work, dataset, seed, args.threads)
             for name, options in variants.items():
                 cfg = TrainConfig(**options)
-                run = f"dev-{split.replace(' ', '-')}-{cfg.run_name()}"
+                # named by every setting, not by those that differ from today's defaults: a finished run is
+                # reused only for the same settings, even after a default changes
+                digest = hashlib.sha1(json.dumps(cfg.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
+                run = f"dev-{split.replace(' ', '-')}-{digest}"
                 res = train(cache, d / "queries.jsonl.gz", d / "qrels" / "train.tsv",
                             d / "qrels" / "dev.tsv" if has_dev else None, config=cfg, run=run, threads=args.threads)
                 fair = cross_fitted(dev_curve(cache, run))

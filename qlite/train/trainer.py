@@ -182,12 +182,13 @@ class Trainer:
         _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe or None)
         if dev.metric == "agreement@10":  # no labels: how much of flat search's top 10 the index finds
             per_query = [len(np.intersect1d(a[a >= 0], b)) / 10 for a, b in zip(hits, dev.flat_top)]
+            score = float(np.mean(per_query))
         else:
             ids = self.cache.ids
             run = {qid: [ids[r].decode("utf-8") for r in row if r >= 0] for qid, row in zip(dev.qids, hits)}
             means, scored = evaluate_run(run, dev.qrels, (dev.metric,))
+            score = means[dev.metric]
             per_query = [scored[dev.metric][q] for q in dev.qids if q in scored[dev.metric]]
-        score = means[dev.metric] if dev.metric != "agreement@10" else float(np.mean(per_query))
         self.dev_halves = dev_halves(per_query)
         self.state.timings["eval"] += time.perf_counter() - t0
         return score
