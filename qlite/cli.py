@@ -256,7 +256,8 @@ TRAIN_HELP = {
     "k": "Index hits per query: the candidates (and negatives) mined from the quantized index.",
     "teacher_k": "Flat search's best passages per query, added to the candidates.",
     "budget": "Cap on candidates per step (0: none).",
-    "pseudo_queries": "Passages used as queries for distillation (they need no labels).",
+    "pseudo_queries": "Passages used as queries for distillation (they need no labels): every passage of a "
+                      "smaller corpus, else a sample of this many.",
     "pseudo_source": "A pseudo-query is the passage's title (its opening words without one) encoded as a query, "
                      "the passage's own embedding, or both (one of each).",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",

@@ -50,6 +50,8 @@ ABLATION = {  # name -> options changed from the defaults
     "no head decay (--head-decay 0)": {"head_decay": 0.0},
     "pseudo-queries: passage embeddings (the default before stop 19)": {"pseudo_source": "passages"},
     "pseudo-queries: titles only (the default of stop 19)": {"pseudo_source": "titles"},
+    "pseudo-queries: titles and passage embeddings of 4,096 passages (stop 20's first default)":
+        {"pseudo_queries": 4096},
 }
 
 
