@@ -81,7 +81,7 @@ MIN_PIECE = 32
 _pool = (0, None)  # (workers, ThreadPoolExecutor): made on first use, remade when the thread count changes
 
 
-def thread_pool(n):
+def _thread_pool(n):
     """The process's pool of ``n`` Python threads, for work that releases the GIL (NumPy products, nogil
     Numba kernels)."""
     global _pool
@@ -89,6 +89,21 @@ def thread_pool(n):
         from concurrent.futures import ThreadPoolExecutor
         _pool = (n, ThreadPoolExecutor(n, thread_name_prefix="qlite-matmul"))
     return _pool[1]
+
+
+def run_pieces(work, pieces):
+    """``work(piece)`` for every piece, on Numba's thread count of Python threads (one after another on one
+    thread or for one piece).  ``work`` must release the GIL to gain, and write disjoint outputs: the
+    pieces are cut by the caller, so the bits never depend on the thread count."""
+    import numba
+
+    threads = numba.get_num_threads()
+    if threads == 1 or len(pieces) == 1:
+        for piece in pieces:
+            work(piece)
+    else:
+        for _ in _thread_pool(threads).map(work, pieces):
+            pass
 
 
 def piece_bounds(length: int) -> list:
@@ -107,8 +122,6 @@ def matmul(a, b, out=None):
     releases the GIL during the product, so Python threads suffice.  The output is cut by rows where
     there are enough, else by columns.  ``out`` (optional): [n, m] of the result's dtype.
     """
-    import numba
-
     n, k = a.shape
     m = b.shape[1]
     if out is None:
@@ -123,11 +136,5 @@ def matmul(a, b, out=None):
         def piece(bounds):
             np.matmul(a, b[:, bounds[0]:bounds[1]], out=out[:, bounds[0]:bounds[1]])
         pieces = piece_bounds(m)
-    threads = numba.get_num_threads()
-    if threads == 1:  # the same pieces, one after another: the bits never depend on the thread count
-        for bounds in pieces:
-            piece(bounds)
-    else:
-        for _ in thread_pool(threads).map(piece, pieces):
-            pass
+    run_pieces(piece, pieces)
     return out

@@ -7,12 +7,11 @@ and its argmin at once, while the piece's products are still in cache.  The Numb
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
-from ..threads import thread_pool
+from ..threads import run_pieces
 
 # a piece of rows gets its product and argmin from one thread: at most this many bytes of products, so they
 # are read back from the last-level cache (the old blocks of 16,384 rows wrote 64 MB at k 1024 to memory
@@ -122,14 +121,7 @@ def assign(x, centroids, c_norms=None, x_norms=None):
         xn = x_norms[start:start + rows] if x_norms is not None else np.einsum("ij,ij->i", xb, xb)
         _argmin_rows(xb @ centroids_t, xn, c_norms, labels, dists, start)
 
-    starts = range(0, n, rows)
-    threads = numba.get_num_threads()
-    if threads == 1 or len(starts) == 1:
-        for s in starts:
-            piece(s)
-    else:
-        for _ in thread_pool(threads).map(piece, starts):
-            pass
+    run_pieces(piece, range(0, n, rows))
     return labels, dists
 
 
