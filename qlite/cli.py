@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import QliteError
 from .metrics import DEFAULT_METRICS
-from .train.config import PSEUDO_SOURCES, TrainConfig
+from .train.config import TrainConfig, pseudo_sources
 
 
 def threads_option(fn):
@@ -249,6 +249,18 @@ def eval_cmd(cache_path, queries, qrels, metrics, run, runs, index_path, nprobe,
     click.echo(report.as_json() if as_json else report.table())
 
 
+class PseudoSource(click.ParamType):
+    """One or more of PSEUDO_SOURCES joined by '+', or 'both'."""
+    name = "sources"
+
+    def convert(self, value, param, ctx):
+        try:
+            pseudo_sources(value)
+        except QliteError as exc:
+            self.fail(str(exc).replace("training option pseudo_source", "it"), param, ctx)
+        return value
+
+
 TRAIN_HELP = {
     "epochs": "Passes over the query pool.",
     "steps": "Train this many steps instead of --epochs.",
@@ -258,8 +270,10 @@ TRAIN_HELP = {
     "budget": "Cap on candidates per step (0: none).",
     "pseudo_queries": "Passages used as queries for distillation (they need no labels): every passage of a "
                       "smaller corpus, else a sample of this many.",
-    "pseudo_source": "A pseudo-query is the passage's title (its opening words without one) encoded as a query, "
-                     "the passage's own embedding, or both (one of each).",
+    "pseudo_source": "What stands in for a query about a passage, one pseudo-query each, joined by '+': "
+                     "'sentences' (a sentence of its text drawn at random, read from the corpus file), 'titles' "
+                     "(its title, or opening words without one), both encoded as queries, and 'passages' (its own "
+                     "embedding); 'both' is titles+passages.",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
     "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
     "supervised_negatives": "Negatives of the supervised loss: every candidate, or only other queries' positives.",
@@ -281,8 +295,7 @@ TRAIN_HELP = {
     "checkpoint_every": "Steps between checkpoints (a crash loses at most this many).",
     "seed": "Seed of batches, positives, pseudo-queries and the dev split.",
 }
-TRAIN_CHOICES = {"supervised_negatives": click.Choice(["all", "positives"]),
-                 "pseudo_source": click.Choice(list(PSEUDO_SOURCES))}
+TRAIN_CHOICES = {"supervised_negatives": click.Choice(["all", "positives"]), "pseudo_source": PseudoSource()}
 TRAIN_FLAGS = {"train_head": ("--head/--no-head", "Train the query head."),
                "train_codebooks": ("--codebooks/--no-codebooks", "Train the index's PQ codebooks."),
                "train_coarse": ("--coarse/--no-coarse", "Train the index's coarse centroids."),

@@ -14,10 +14,10 @@ from qlite.evaluate import evaluate
 from qlite.index.build import build_index
 from qlite.runs import UNTRAINED, latest_run, list_runs, load_run, open_retriever, remove_run, run_dir
 from qlite.train.candidates import build_candidates, first_seen
-from qlite.train.config import TrainConfig, lr_factor
+from qlite.train.config import TrainConfig, lr_factor, pseudo_sources
 from qlite.encoder.queries import encode_queries, query_encoder
 from qlite.progress import Progress
-from qlite.train.pool import Labelled, build_pool, csr, pseudo_texts, split_by_passage
+from qlite.train.pool import Labelled, build_pool, csr, pseudo_sentences, pseudo_texts, split_by_passage
 from qlite.train.state import TrainState
 from qlite.train.trainer import train
 
@@ -175,20 +175,62 @@ def test_pseudo_texts_are_titles_or_the_opening_sentence():
         "First.", "Other text", ""]  # a shared title gives way to each passage's opening (if any)
 
 
-@pytest.mark.parametrize("source", ["titles", "passages", "both"])
-def test_pool_pseudo_queries_are_encoded_titles_or_passage_embeddings(title_task, tmp_path, source):
+def test_pseudo_sources_parse_in_the_order_the_pool_stacks_them():
+    assert pseudo_sources("both") == ["passages", "titles"]
+    assert pseudo_sources("sentences+titles+passages") == ["passages", "titles", "sentences"]
+    assert pseudo_sources("titles") == ["titles"]
+    for bad in ("", "title", "titles+titles", "both+sentences", "titles,passages"):
+        with pytest.raises(QliteError, match="pseudo_source must be"):
+            TrainConfig(pseudo_source=bad).validate()
+
+
+def test_pseudo_sentences_come_from_the_corpus_while_it_matches_the_cache(tmp_path, tiny_model):
+    texts = ["Short one. The first real sentence is here. And a second sentence comes after it! Is it a third one?",
+             "No sentence end at all in this text",
+             "Tiny. Bits. Only.",
+             "Alpha beta gamma delta. Epsilon zeta eta theta iota."]
+    docs = [{"_id": f"d{i}", "title": f"Title {i}", "text": t} for i, t in enumerate(texts)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    build_cache(corpus, tmp_path / "c.h5", model_dir=tiny_model, threads=1)
+    cache = Cache(tmp_path / "c.h5")
+    rows = np.arange(4)
+    got, found = pseudo_sentences(cache, rows, seed=0)
+    assert found == 4
+    assert got[0] in ("The first real sentence is here.", "And a second sentence comes after it!",
+                      "Is it a third one?")  # "Short one." has too few words; titles are never used
+    assert got[1:3] == texts[1:3]  # no sentence end, or every sentence too short: the whole text
+    assert got[3] in ("Alpha beta gamma delta.", "Epsilon zeta eta theta iota.")
+    seen = {pseudo_sentences(cache, rows, seed)[0][0] for seed in range(20)}
+    assert len(seen) == 3 and pseudo_sentences(cache, rows, seed=0)[0] == got  # drawn, but by the seed
+    docs[0]["text"] = "Changed since the cache was built, so the text is not what was encoded."
+    write_jsonl(corpus, docs)
+    again, found = pseudo_sentences(cache, rows, seed=0)
+    assert found == 3 and again[0] != docs[0]["text"] and again[0] in cache.snippets([0], width=1 << 16)[0]
+    corpus.unlink()  # gone: every sentence comes from the snippet's opening words ("Title | text...")
+    gone, found = pseudo_sentences(cache, rows, seed=0)
+    assert found == 0 and gone[1] == texts[1] and all("Title" not in g for g in gone)
+
+
+@pytest.mark.parametrize("source", ["titles", "passages", "both", "sentences", "passages+titles+sentences"])
+def test_pool_pseudo_queries_are_encoded_texts_or_passage_embeddings(title_task, tmp_path, source):
     cache = Cache(title_task["cache"])
     cfg = TrainConfig(pseudo_queries=50, pseudo_source=source)
     pool = build_pool(cache, cfg, title_task["queries"], title_task["qrels"], None, 1, Progress(), tmp_path / "p.h5")
     n_real = pool.counts["labelled"]
     rows = np.sort(np.random.default_rng([cfg.seed, 11]).choice(cache.count, 50, replace=False))
     passages = np.asarray(cache.embeddings[rows])
-    titles = encode_queries(query_encoder(cache, 1), pseudo_texts(cache, rows))  # openings: the titles are blank
-    want = {"titles": titles, "passages": passages, "both": np.vstack([passages, titles])}[source]
+    encoder = query_encoder(cache, 1)
+    titles = encode_queries(encoder, pseudo_texts(cache, rows))  # openings: the titles are blank
+    sentences = encode_queries(encoder, pseudo_sentences(cache, rows, cfg.seed)[0])
+    want = {"titles": titles, "passages": passages, "both": np.vstack([passages, titles]), "sentences": sentences,
+            "passages+titles+sentences": np.vstack([passages, titles, sentences])}[source]
     np.testing.assert_allclose(pool.vectors[n_real:], want, atol=1e-6)
-    assert pool.counts["pseudo"] == len(want) and pool.counts["pseudo_titles"] == (0 if source == "passages" else 50)
-    assert ("titles as queries" in pool.describe_text()) == (source != "passages")
-    assert not np.allclose(titles, passages, atol=1e-3)
+    assert pool.counts["pseudo"] == len(want)
+    assert pool.counts["pseudo_titles"] == (50 if source in ("titles", "both", "passages+titles+sentences") else 0)
+    assert pool.counts["pseudo_sentences"] == (50 if "sentences" in source else 0)
+    assert ("passage titles" in pool.describe_text()) == (pool.counts["pseudo_titles"] > 0)
+    assert ("passage sentences" in pool.describe_text()) == ("sentences" in source)
+    assert not np.allclose(titles, passages, atol=1e-3) and not np.allclose(titles, sentences, atol=1e-3)
 
 
 def test_distillation_alone_brings_the_index_closer_to_flat_search(title_task):

@@ -14,7 +14,17 @@ from ..errors import QliteError
 ADDED_LATER = {"head_decay": 0.0, "pseudo_source": "passages"}
 
 
-PSEUDO_SOURCES = ("titles", "passages", "both")
+PSEUDO_SOURCES = ("titles", "sentences", "passages")  # joined by "+"; "both" is titles+passages
+
+
+def pseudo_sources(value: str) -> list:
+    """The pseudo-query sources of a ``pseudo_source`` option, in the order the pool stacks them:
+    ``"both"`` -> ["passages", "titles"]; ``"titles+sentences"`` -> ["titles", "sentences"]."""
+    parts = ["titles", "passages"] if value == "both" else value.split("+")
+    if not parts or any(p not in PSEUDO_SOURCES for p in parts) or len(set(parts)) != len(parts):
+        raise QliteError(f"training option pseudo_source must be 'both' or one or more of "
+                         f"{', '.join(PSEUDO_SOURCES)} joined by '+' (got {value!r})")
+    return sorted(parts, key=("passages", "titles", "sentences").index)
 
 
 @dataclass
@@ -38,10 +48,12 @@ class TrainConfig:
     # +0.0153, 4,096 +0.0278, all +0.0334 (NFCorpus: 2,048 of 3,633 +0.0209, all +0.0260).  The cap bounds
     # the cost on large corpora (titles to encode, flat-search teacher, steps an epoch); it was not tuned
     pseudo_queries: int = 16384
-    # what a pseudo-query is: "titles" the passage's title (its opening words when it has none) encoded as a
-    # query, "passages" the passage's own embedding, "both" one of each (twice the pseudo-queries).  "both"
-    # chosen on cold dev (stop 20, cross-fitted, 9 runs each): SciFact +0.0278 against titles' +0.0199 (7 of
-    # 9 runs better), NFCorpus +0.0260 against +0.0221.  See pool.pseudo_texts
+    # what a pseudo-query is, one per source joined by "+": "titles" the passage's title (its opening words
+    # when it has none) encoded as a query, "sentences" a sentence of its text drawn at random, encoded as a
+    # query, "passages" the passage's own embedding; "both" is titles+passages.  "both" chosen on cold dev
+    # (stop 20, cross-fitted, 9 runs each): SciFact +0.0278 against titles' +0.0199 (7 of 9 runs better),
+    # NFCorpus +0.0260 against +0.0221; adding sentences did not beat it (stop 21: +0.0331 against +0.0334,
+    # +0.0217 against +0.0260).  See pool.pseudo_texts and pool.pseudo_sentences
     pseudo_source: str = "both"
     # candidates of a step: each query's index hits and the teacher's best passages, shared by the batch
     batch_size: int = 64
@@ -85,9 +97,7 @@ class TrainConfig:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
             raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
-        if self.pseudo_source not in PSEUDO_SOURCES:
-            raise QliteError(f"training option pseudo_source must be one of {', '.join(PSEUDO_SOURCES)} "
-                             f"(got {self.pseudo_source!r})")
+        pseudo_sources(self.pseudo_source)
         if self.supervised_negatives not in ("all", "positives"):
             raise QliteError(f"training option supervised_negatives must be 'all' or 'positives' "
                              f"(got {self.supervised_negatives!r})")

@@ -9,10 +9,13 @@ The **pool** holds every query a step can draw, as encoder embeddings [P, d]:
   (its opening words when it has none) encoded as a query, short and asymmetric to the passage it names
   as a real query is (the inverse cloze task of Lee et al., 2019, makes a sentence the query of its
   context; a title that several passages share gives way to each one's opening sentence), and the
-  passage's own embedding.  ``pseudo_source`` chooses: ``titles`` and ``passages`` keep one of the two.
-  Chosen on cold dev (3 folds x 3 index seeds, tools/dev_sweep.py), cross-fitted gains: both +0.0278
-  (SciFact) and +0.0260 (NFCorpus), titles +0.0199 and +0.0221; stop 19's kept-step gains put passage
-  embeddings alone below titles (+0.0247 against +0.0306 on SciFact, +0.0312 against +0.0430).
+  passage's own embedding.  ``pseudo_source`` chooses any of ``titles``, ``passages`` and ``sentences``
+  (a sentence of the passage's text drawn at random, read from the corpus file, as the inverse cloze task
+  does), joined by "+".  Chosen on cold dev (3 folds x 3 index seeds, tools/dev_sweep.py), cross-fitted
+  gains: titles + passages +0.0278 (SciFact) and +0.0260 (NFCorpus), titles alone +0.0199 and +0.0221;
+  stop 19's kept-step gains put passage embeddings alone below titles (+0.0247 against +0.0306 on
+  SciFact, +0.0312 against +0.0430).  Stop 21, every passage: adding sentences to titles + passages
+  gave +0.0331 and +0.0217 against +0.0334 and +0.0260, sentences in place of titles +0.0240 and +0.0227.
 
 With qrels, only the queries the training qrels name are used: the rest of a BEIR queries file holds
 the test queries, which training must never see.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +43,12 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_write
-from ..beir import load_qrels, load_queries
+from ..beir import iter_corpus, load_qrels, load_queries, passage_text, text_hash
 from ..cache import Cache
 from ..encoder.model_dir import file_sha256
-from ..errors import QliteError
+from ..errors import InputError, QliteError
 from ..index.flat import flat_search
+from .config import pseudo_sources
 
 MIN_DEV_QUERIES = 20
 UNLABELLED_DEV_SHARE = 0.1
@@ -163,6 +168,60 @@ def pseudo_texts(cache: Cache, rows) -> list:
     return [title if title and uses[title] == 1 else opening for title, opening in parts]
 
 
+# a sentence ends at . ! or ? followed by space and a capital, digit or bracket ("e.g. the" does not end one)
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+MIN_SENTENCE_WORDS = 4
+
+
+def corpus_texts(cache: Cache, rows) -> dict:
+    """{row: text} (the passage's text, without its title) for ``rows``, read from the corpus file the cache
+    was built from; a row whose text no longer matches what was encoded (its text hash) is left out, and so
+    is every row when the file is gone or unreadable.  One streaming pass, stopped once every row is found."""
+    path = Path(cache.attrs.get("corpus_path", ""))
+    if not path.is_file():
+        return {}
+    ids = cache.ids
+    wanted = {bytes(ids[r]): int(r) for r in rows}
+    hashes = cache.text_hashes()
+    out = {}
+    try:
+        for _, doc in iter_corpus(path):
+            r = wanted.pop(doc["_id"].encode("utf-8"), None)
+            if r is not None and hashes[r] in (0, text_hash(passage_text(doc))):
+                out[r] = doc.get("text") or ""
+            if not wanted:
+                break
+    except InputError:  # the file changed since the cache was built: keep what was read before the fault
+        pass
+    return out
+
+
+def pseudo_sentences(cache: Cache, rows, seed: int) -> tuple[list, int]:
+    """(texts, found): one sentence of each of ``rows``' text (never its title), drawn at random, to stand in
+    for a query about the passage, as the inverse cloze task of Lee et al. (2019) makes a sentence the query
+    of its context.  Sentences of fewer than MIN_SENTENCE_WORDS words are passed over.  Texts come from the
+    corpus file (see :func:`corpus_texts`; ``found`` counts them), else from the cache's snippet, whose text
+    is only the passage's opening words.  "" where there is no text."""
+    rows = np.asarray(rows, np.int64)
+    full = corpus_texts(cache, rows)
+    missing = [int(r) for r in rows if int(r) not in full]
+    snippets = cache.snippets(missing, width=1 << 16) if missing else {}
+    draw = np.random.default_rng([seed, 13]).random(len(rows))
+    out = []
+    for r, u in zip(rows, draw):
+        r = int(r)
+        if r in full:
+            text = " ".join(full[r].split())
+        else:
+            title, sep, text = snippets.get(r, "").partition(" | ")
+            text = text if sep else title
+        sentences = [s for s in SENTENCE_END.split(text) if len(s.split()) >= MIN_SENTENCE_WORDS]
+        if not sentences and text.strip():
+            sentences = [text.strip()]
+        out.append(sentences[int(u * len(sentences))] if sentences else "")
+    return out, len(full)
+
+
 def teacher_top(embeddings, queries, k, block_queries=1024) -> np.ndarray:
     """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise."""
     out = np.empty((len(queries), min(k, len(embeddings))), np.int64)
@@ -205,11 +264,11 @@ class Pool:
 
     def describe_text(self) -> str:
         c = self.describe()
-        titles = c.get("pseudo_titles", 0)
-        pseudo = (f"{c['pseudo']:,} passages as queries" if not titles else
-                  f"{titles:,} passage titles as queries" if titles == c["pseudo"] else
-                  f"{c['pseudo'] - titles:,} passages and {titles:,} passage titles as queries")
-        return (f"{c['labelled']:,} labelled queries, {c['unlabelled']:,} unlabelled, {pseudo}; "
+        kinds = [(c.get("pseudo_titles", 0), "passage titles"), (c.get("pseudo_sentences", 0), "passage sentences")]
+        kinds.insert(0, (c["pseudo"] - sum(n for n, _ in kinds), "passages"))
+        named = [f"{n:,} {what}" for n, what in kinds if n] or ["no passages"]
+        pseudo = ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + named[-1]
+        return (f"{c['labelled']:,} labelled queries, {c['unlabelled']:,} unlabelled, {pseudo} as queries; "
                 f"{c['dev']:,} dev queries ({self.dev_split})")
 
     def save(self, path):
@@ -281,25 +340,41 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         dev_vectors = np.asarray(cache.embeddings[dev_pseudo], np.float32)
     candidates = np.setdiff1d(np.arange(n), dev_pseudo)
     pseudo = np.sort(rng.choice(candidates, min(cfg.pseudo_queries, len(candidates)), replace=False))
-    title_rows, titles = np.zeros(0, np.int64), []
-    if cfg.pseudo_source != "passages" and len(pseudo):
-        found = pseudo_texts(cache, pseudo)
-        title_rows = np.array([r for r, t in zip(pseudo, found) if t], np.int64)
-        titles = [t for t in found if t]
-    encoder = query_encoder(cache, threads) if texts or dev_texts or titles else None
-    with progress.stage("encoding queries", len(texts) + len(dev_texts) + len(titles)) as bar:
+    sources = pseudo_sources(cfg.pseudo_source)
+    # each text source: (rows with a text, texts); encoded as queries below
+    by_text, sentences_read = {}, 0
+    for source in sources if len(pseudo) else []:
+        if source == "titles":
+            found = pseudo_texts(cache, pseudo)
+        elif source == "sentences":
+            found, sentences_read = pseudo_sentences(cache, pseudo, cfg.seed)
+        else:
+            continue
+        by_text[source] = (np.array([r for r, t in zip(pseudo, found) if t], np.int64), [t for t in found if t])
+    n_texts = sum(len(t) for _, t in by_text.values())
+    encoder = query_encoder(cache, threads) if texts or dev_texts or n_texts else None
+    with progress.stage("encoding queries", len(texts) + len(dev_texts) + n_texts) as bar:
         real = encode_queries(encoder, texts) if texts else np.zeros((0, cache.dim), np.float32)
         bar.update(len(texts))
         if dev_texts:
             dev_vectors = encode_queries(encoder, dev_texts)
             bar.update(len(dev_texts))
-        by_title = encode_queries(encoder, titles) if titles else np.zeros((0, cache.dim), np.float32)
-        bar.update(len(titles))
-    pseudo_vectors = np.asarray(cache.embeddings[pseudo], np.float32)
-    if cfg.pseudo_source == "titles":  # a passage without any text keeps its embedding
-        pseudo_vectors[np.searchsorted(pseudo, title_rows)] = by_title
-    elif cfg.pseudo_source == "both":
-        pseudo_vectors = np.vstack([pseudo_vectors, by_title])
+        encoded = {}
+        for source, (rows, found) in by_text.items():
+            encoded[source] = encode_queries(encoder, found) if found else np.zeros((0, cache.dim), np.float32)
+            bar.update(len(found))
+    embeddings = np.asarray(cache.embeddings[pseudo], np.float32)
+    parts = []
+    for i, source in enumerate(sources if len(pseudo) else []):
+        if source == "passages":
+            parts.append(embeddings)
+        elif i == 0:  # the first source of a pool without passage embeddings: a passage without text keeps its own
+            filled = embeddings.copy()
+            filled[np.searchsorted(pseudo, by_text[source][0])] = encoded[source]
+            parts.append(filled)
+        else:
+            parts.append(encoded[source])
+    pseudo_vectors = np.vstack(parts) if parts else embeddings
     vectors = np.vstack([real, pseudo_vectors]).astype(np.float32)
     if len(vectors) == 0:
         raise QliteError("nothing to train on: no queries and no passages as queries")
@@ -315,6 +390,8 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
             dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10)
     pool = Pool(vectors, pos_ptr, pos_rows, teacher,
                 {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo_vectors),
-                 "pseudo_titles": len(titles)}, dev, split)
+                 "pseudo_titles": len(by_text.get("titles", (0, []))[1]),
+                 "pseudo_sentences": len(by_text.get("sentences", (0, []))[1]),
+                 "sentences_from_corpus": sentences_read}, dev, split)
     pool.save(path)
     return pool
