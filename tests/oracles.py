@@ -20,6 +20,14 @@ def pq_decode(codes, codebooks):
     return np.concatenate([codebooks[m][codes[:, m]] for m in range(codebooks.shape[0])], axis=1)
 
 
+def pq_distances(x, codebooks):
+    """[n, M, ksub]: squared distance of each sub-vector of x [n, M * dsub] to each codeword."""
+    n = len(x)
+    M, ksub, dsub = codebooks.shape
+    sub = x.reshape(n, M, 1, dsub).astype(np.float64)
+    return ((sub - codebooks[None].astype(np.float64)) ** 2).sum(-1)
+
+
 def clustered(n, d, centers, seed=0, noise=0.3):
     """Normalised vectors around random centres: a stand-in for real embeddings."""
     rng = np.random.default_rng(seed)

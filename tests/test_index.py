@@ -11,7 +11,8 @@ from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
 from qlite.threads import numba_threads
 
-from .oracles import clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, probe_oracle
+from .oracles import (clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, pq_distances,
+                      probe_oracle)
 from .support import thread_counts
 
 
@@ -93,6 +94,20 @@ def test_pq_codewords_decode_exactly_and_reconstruction_beats_baseline():
     lut = pq.lut_ip(x[:5])
     adc = np.array([[sum(lut[i, m, codes[j, m]] for m in range(4)) for j in range(50)] for i in range(5)])
     np.testing.assert_allclose(adc, x[:5] @ built.T, rtol=1e-5, atol=1e-5)  # ADC == exact vs decoded
+
+
+@pytest.mark.parametrize("nbits", [4, 8])
+def test_pq_encode_picks_the_nearest_codeword_and_residual_encoding_equals_it(nbits):
+    x = clustered(2000, 32, 20, seed=3)
+    pq = ProductQuantizer(32, 4, nbits).train(x, niter=5)
+    dist = pq_distances(x, pq.codebooks)  # the oracle: every codeword's distance, in float64
+    codes = pq.encode(x)
+    chosen = np.take_along_axis(dist, codes[:, :, None].astype(np.int64), 2)[..., 0]
+    assert np.all(chosen <= dist.min(2) + 1e-5)  # the nearest, up to float32 rounding of near-ties
+    assert (codes == dist.argmin(2)).mean() > 0.999
+    coarse = kmeans(x, 8, niter=3)
+    labels = np.random.default_rng(0).integers(0, 8, len(x))
+    np.testing.assert_array_equal(pq.encode_residuals(x, labels, coarse), pq.encode(x - coarse[labels]))
 
 
 def test_pq_bad_parameters():

@@ -165,7 +165,7 @@ class IVFPQIndex:
         # inner product instead sends points to high-norm centroids: on 1M synthetic vectors that made
         # the lists 4.7x unbalanced and every query scanned 3x the codes.
         labels, _ = assign(x_rot, self.coarse)
-        return labels.astype(np.int32), self.pq.encode(x_rot - self.coarse[labels])
+        return labels.astype(np.int32), self.pq.encode_residuals(x_rot, labels, self.coarse)
 
     def add(self, source, block=ADD_BLOCK, on_block=None):
         """Encode all rows of ``source`` (streamed in blocks; no N x d copy) and lay out the lists."""

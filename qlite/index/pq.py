@@ -22,30 +22,58 @@ def decode_codes(codes, codebooks):
     return out
 
 
-@njit(parallel=True, cache=True)
-def encode_codes(x, codebooks_t, c_norms):
-    """codes [n, M]: per sub-space, the codeword minimising ||c||^2 - 2 x.c (= ||x - c||^2 - ||x||^2).
+@njit(inline="always")
+def _encode_row(x, codebooks_t, c_norms, acc, out):
+    """out[m] = the codeword of sub-space m minimising ||c||^2 - 2 x.c (= ||x - c||^2 - ||x||^2).
 
     ``codebooks_t`` is [M, dsub, ksub] so the innermost loop runs over contiguous codewords and
     vectorises; one pass over x instead of M BLAS calls with a 16-wide inner dimension.
     """
-    n = x.shape[0]
     M, dsub, ksub = codebooks_t.shape
+    for m in range(M):
+        for j in range(ksub):
+            acc[j] = c_norms[m, j]
+        for t in range(dsub):
+            xv = np.float32(-2.0) * x[m * dsub + t]
+            for j in range(ksub):
+                acc[j] += xv * codebooks_t[m, t, j]
+        # the first smallest, by selects: a branch on each comparison mispredicts about once per row of a
+        # random 16-entry table (measured: encoding 4-bit codes took 2.2x as long with the branch)
+        best_value, best = acc[0], 0
+        for j in range(1, ksub):
+            value = acc[j]
+            smaller = value < best_value
+            best = j if smaller else best
+            best_value = value if smaller else best_value
+        out[m] = best
+
+
+@njit(parallel=True, cache=True)
+def encode_codes(x, codebooks_t, c_norms):
+    """codes [n, M] uint8 of x [n, d]: each sub-vector's nearest codeword (see _encode_row)."""
+    n = x.shape[0]
+    M, _, ksub = codebooks_t.shape
     codes = np.empty((n, M), np.uint8)
     for i in prange(n):
         acc = np.empty(ksub, np.float32)
-        for m in range(M):
-            for j in range(ksub):
-                acc[j] = c_norms[m, j]
-            for t in range(dsub):
-                xv = np.float32(-2.0) * x[i, m * dsub + t]
-                for j in range(ksub):
-                    acc[j] += xv * codebooks_t[m, t, j]
-            best = 0
-            for j in range(1, ksub):
-                if acc[j] < acc[best]:
-                    best = j
-            codes[i, m] = best
+        _encode_row(x[i], codebooks_t, c_norms, acc, codes[i])
+    return codes
+
+
+@njit(parallel=True, cache=True)
+def encode_residual_codes(x, labels, coarse, codebooks_t, c_norms):
+    """codes [n, M] of the residuals x[i] - coarse[labels[i]]: the same codes as ``encode_codes`` of the
+    subtracted rows, without the two [n, d] temporaries (the gathered centroids and the residuals)."""
+    n, d = x.shape
+    M, _, ksub = codebooks_t.shape
+    codes = np.empty((n, M), np.uint8)
+    for i in prange(n):
+        acc = np.empty(ksub, np.float32)
+        residual = np.empty(d, np.float32)
+        c = coarse[labels[i]]
+        for t in range(d):
+            residual[t] = x[i, t] - c[t]
+        _encode_row(residual, codebooks_t, c_norms, acc, codes[i])
     return codes
 
 
@@ -70,10 +98,18 @@ class ProductQuantizer:
                                        max_points_per_centroid=max_points_per_centroid)
         return self
 
-    def encode(self, x) -> np.ndarray:
+    def _tables(self):
         cb = self.codebooks
-        return encode_codes(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(cb.transpose(0, 2, 1)),
-                            (cb * cb).sum(2))
+        return np.ascontiguousarray(cb.transpose(0, 2, 1)), (cb * cb).sum(2)
+
+    def encode(self, x) -> np.ndarray:
+        """codes uint8 [n, M] of x [n, d]."""
+        return encode_codes(np.ascontiguousarray(x, np.float32), *self._tables())
+
+    def encode_residuals(self, x, labels, coarse) -> np.ndarray:
+        """codes uint8 [n, M] of x [n, d] - coarse[labels] (labels int [n], coarse [nlist, d])."""
+        return encode_residual_codes(np.ascontiguousarray(x, np.float32), np.asarray(labels),
+                                     np.ascontiguousarray(coarse, np.float32), *self._tables())
 
     def decode(self, codes) -> np.ndarray:
         return decode_codes(np.ascontiguousarray(codes, np.uint8), self.codebooks)
