@@ -287,8 +287,6 @@ TRAIN_HELP = {
     "rows_radius": "How far (L2) a trained row may move from the encoder's embedding.",
     "warmup": "Warm-up fraction of the steps.",
     "clip": "Max gradient norm of each parameter array.",
-    "average": "Score dev with, and keep, a moving average of the head, codebooks and coarse centroids: its "
-               "decay per step (0: the parameters themselves).",
     "nprobe": "Inverted lists probed when mining candidates and scoring dev (0: the index's default).",
     "refresh_every": "Steps between re-encoding trained rows into the index (with --train-rows).",
     "eval_every": "Epochs between dev evaluations on the index.",

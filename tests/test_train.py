@@ -287,31 +287,6 @@ def test_head_decay_keeps_the_head_nearer_the_identity(title_task):
     assert 0 < distance[20.0] < 0.8 * distance[0.0], distance
 
 
-def test_average_is_an_exponential_moving_average_and_the_run_keeps_it(title_task):
-    st = TrainState.start(np.ones((3, 2), np.float32), np.zeros((4, 2), np.float32), np.ones((2, 4, 1), np.float32))
-    st.start_average()
-    want = st.codebooks.astype(np.float64)
-    for i in range(5):
-        st.codebooks += np.float32(i)
-        st.update_average(0.8)
-        want = 0.8 * want + 0.2 * st.codebooks
-        np.testing.assert_allclose(st.avg_codebooks, want, rtol=1e-6)
-    st.keep_best()  # what dev scored is what is kept
-    np.testing.assert_array_equal(st.best_codebooks, st.avg_codebooks)
-    assert not np.array_equal(st.best_codebooks, st.codebooks)
-
-    path = fresh_copy(title_task, "average")
-    base = dict(supervised=1.0, batch_size=16, k=20, teacher_k=10, steps=24, nprobe=2, pseudo_queries=0,
-                head_lr=1e-2, eval_every=0.5, patience=20)
-    heads = {}
-    for average in (0.0, 0.9):
-        result = train(path, title_task["queries"], title_task["qrels"], title_task["qrels"],
-                       config=TrainConfig(**base, average=average), threads=1)
-        assert result.best_step > 0, result.summary()
-        heads[average] = load_run(Cache(path), result.path).head
-    assert not np.array_equal(heads[0.0], heads[0.9])
-
-
 def _state_step(path, name):
     try:
         with h5py.File(run_dir(path, name) / "state.h5", "r") as f:
@@ -320,9 +295,8 @@ def _state_step(path, name):
         return -1
 
 
-@pytest.mark.parametrize("rows,average", [(False, False), (True, False), (False, True)],
-                         ids=["head+quantizer", "rows", "average"])
-def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_task, rows, average):
+@pytest.mark.parametrize("rows", [False, True])
+def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_task, rows):
     args = [sys.executable, "-m", "qlite", "train", "CACHE", "--queries", str(title_task["queries"]), "--qrels",
             str(title_task["qrels"]), "--batch-size", "8", "-k", "30", "--teacher-k", "10", "--epochs", "6",
             "--nprobe", "2", "--pseudo-queries", "40", "--supervised", "1", "--checkpoint-every", "7",
@@ -330,12 +304,10 @@ def test_kill_9_during_training_then_rerun_ends_where_a_clean_run_ends(title_tas
             "--dev-qrels", str(title_task["qrels"])]  # dev = the training titles: the best step moves
     if rows:
         args += ["--train-rows", "--refresh-every", "3"]
-    if average:
-        args += ["--average", "0.9"]
-    clean = fresh_copy(title_task, f"clean{rows}{average}")
+    clean = fresh_copy(title_task, f"clean{rows}")
     subprocess.run([str(clean) if a == "CACHE" else a for a in args], check=True, capture_output=True)
 
-    path = fresh_copy(title_task, f"killed{rows}{average}")
+    path = fresh_copy(title_task, f"killed{rows}")
     cmd = [str(path) if a == "CACHE" else a for a in args]
     kills, seen = 0, []
     for target in (15, 60, 120):

@@ -11,7 +11,7 @@ from ..errors import QliteError
 
 
 # options added after runs were stored -> the value that reproduces training from before the option existed
-ADDED_LATER = {"head_decay": 0.0, "pseudo_source": "passages", "average": 0.0}
+ADDED_LATER = {"head_decay": 0.0, "pseudo_source": "passages"}
 
 
 PSEUDO_SOURCES = ("titles", "sentences", "passages")  # joined by "+"; "both" is titles+passages
@@ -76,9 +76,6 @@ class TrainConfig:
     steps: int = 0  # overrides epochs when > 0
     warmup: float = 0.1  # fraction of the steps
     clip: float = 1.0  # max gradient norm of each parameter array
-    # dev scores, and the run keeps, an exponential moving average of the head, codebooks and coarse
-    # centroids with this decay per step (0: the parameters themselves)
-    average: float = 0.0
     refresh_every: int = 10  # steps between re-encoding changed rows into the index (rows only)
     # early stopping on dev, on the index
     eval_every: float = 1.0  # epochs
@@ -98,8 +95,6 @@ class TrainConfig:
                      "pseudo_queries", "budget", "nprobe"):
             if getattr(self, name) < 0:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
-        if not 0 <= self.average < 1:
-            raise QliteError(f"training option average must be in [0, 1) (got {self.average})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
             raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
         pseudo_sources(self.pseudo_source)

@@ -53,10 +53,6 @@ class TrainState:
     best_head: np.ndarray = _array()
     best_coarse: np.ndarray = _array()
     best_codebooks: np.ndarray = _array()
-    # the exponential moving average of the parameters (only with TrainConfig.average)
-    avg_head: np.ndarray = _array()
-    avg_coarse: np.ndarray = _array()
-    avg_codebooks: np.ndarray = _array()
     # trained passage rows (see qlite.train.rows): the journal of rows changed since the last checkpoint
     # (ids sorted, vectors), one bit per passage of bookkeeping, and the index codes of re-encoded rows
     journal_rows: np.ndarray = _array()
@@ -80,24 +76,8 @@ class TrainState:
         return s
 
     def keep_best(self):
-        """The parameters dev is scored with (their average, when kept) become the best ones."""
         for p in PARAMS:
-            setattr(self, "best_" + p, self.scored(p).copy())
-
-    def scored(self, p) -> np.ndarray:
-        average = getattr(self, "avg_" + p)
-        return getattr(self, p) if average is None else average
-
-    def start_average(self):
-        for p in PARAMS:
-            setattr(self, "avg_" + p, getattr(self, p).copy())
-
-    def update_average(self, decay: float):
-        """avg <- decay * avg + (1 - decay) * param, in place."""
-        for p in PARAMS:
-            average = getattr(self, "avg_" + p)
-            average *= np.float32(decay)
-            average += np.float32(1.0 - decay) * getattr(self, p)
+            setattr(self, "best_" + p, getattr(self, p).copy())
 
     def save(self, path, meta: dict, before_replace=None) -> None:
         """Write the state atomically (the file is replaced whole, after ``before_replace()``)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,8 +163,6 @@ class Trainer:
                            lr * factor, BETA1, BETA2, EPS)
         if cfg.head_decay and cfg.train_head:  # decoupled decay towards the identity (the untrained head)
             st.head -= (cfg.head_lr * factor * cfg.head_decay) * (st.head - self.identity)
-        if cfg.average:
-            st.update_average(cfg.average)
         t5 = time.perf_counter()
         if cfg.train_rows:
             self.rows.step(cand.rows, rows, grads["rows"], cfg.rows_lr * factor, cfg.rows_radius)
@@ -182,8 +179,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.rows.refresh(self.index)
         dev = self.pool.dev
-        with self._scoring_average():
-            _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe or None)
+        _, hits = self.index.search(self.apply_head(dev.vectors), 10, nprobe=self.cfg.nprobe or None)
         if dev.metric == "agreement@10":  # no labels: how much of flat search's top 10 the index finds
             per_query = [len(np.intersect1d(a[a >= 0], b)) / 10 for a, b in zip(hits, dev.flat_top)]
             score = float(np.mean(per_query))
@@ -196,22 +192,6 @@ class Trainer:
         self.dev_halves = dev_halves(per_query)
         self.state.timings["eval"] += time.perf_counter() - t0
         return score
-
-    @contextmanager
-    def _scoring_average(self):
-        """The index and head hold the parameters' average for a while (with ``average``)."""
-        st = self.state
-        if st.avg_head is None:
-            yield
-            return
-        current = {p: getattr(st, p).copy() for p in PARAMS}
-        for p in PARAMS:  # in place: the index holds these very arrays (see _bind)
-            getattr(st, p)[...] = getattr(st, "avg_" + p)
-        try:
-            yield
-        finally:
-            for p in PARAMS:
-                getattr(st, p)[...] = current[p]
 
     def eval_and_keep_best(self) -> bool:
         """Evaluate on the index; keep the state if it is the best so far.  True: stop early."""
@@ -401,8 +381,6 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
                           workdir / "pool.h5")
         state = TrainState.start(identity_head(cache.dim), index.coarse.astype(np.float32),
                                  index.pq.codebooks.astype(np.float32))
-        if cfg.average:
-            state.start_average()
         meta = {**fingerprint, "name": name, "started_at": _now(), "queries": pool.describe(),
                 "dev_metric": pool.dev.metric if pool.dev is not None else None, "dev_split": pool.dev_split}
         trainer = Trainer(cache, cfg, workdir, pool, index, state, meta, progress)
