@@ -55,6 +55,8 @@ def test_centroid_sums_match_numpy_whatever_the_threads():
     assert counts[7] == 0 and counts[40] == 0 and not sums[7].any()
     for other in runs[1:]:  # the same bits on every thread count
         np.testing.assert_array_equal(other[0], sums)
+    for fn in (kmeans_module._centroid_sums_serial, kmeans_module._centroid_sums_parallel):  # and either way
+        np.testing.assert_array_equal(fn(x, labels, 41)[0], sums)
 
 
 def test_kmeans_objective_no_worse_than_numpy_lloyd_and_deterministic():
