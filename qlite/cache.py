@@ -225,6 +225,31 @@ class Cache:
                     break
         return out
 
+    def corpus_texts(self, rows) -> dict[int, str]:
+        """{row: the passage's text, without its title} for ``rows``, read from the corpus file the cache was
+        built from, in one streaming pass stopped once every row is found.  A row whose text no longer hashes
+        to what was encoded is left out (caches from before text hashes were kept cannot tell, and keep it),
+        and so is every row when the file is gone or no longer reads as a corpus."""
+        from .beir import InputError, iter_corpus, passage_text, text_hash
+
+        path = Path(self.attrs.get("corpus_path", ""))
+        if not path.is_file():
+            return {}
+        ids = self.ids
+        wanted = {bytes(ids[r]): int(r) for r in rows}
+        hashes = self.text_hashes()
+        out = {}
+        try:
+            for _, doc in iter_corpus(path):
+                r = wanted.pop(doc["_id"].encode("utf-8"), None)
+                if r is not None and int(hashes[r]) in (0, text_hash(passage_text(doc))):
+                    out[r] = doc.get("text") or ""
+                if not wanted:
+                    break
+        except InputError:  # the file changed since the cache was built: keep what was read before the fault
+            pass
+        return out
+
     def file_bytes(self) -> int:
         return self.path.stat().st_size
 

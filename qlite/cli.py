@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .errors import QliteError
 from .metrics import DEFAULT_METRICS
-from .train.config import TrainConfig, pseudo_sources
+from .train.config import PSEUDO_SOURCES, TrainConfig, canonical_pseudo_source
 
 
 def threads_option(fn):
@@ -255,10 +255,14 @@ class PseudoSource(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            pseudo_sources(value)
-        except QliteError as exc:
-            self.fail(str(exc).replace("training option pseudo_source", "it"), param, ctx)
-        return value
+            return canonical_pseudo_source(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(v) for v in ("both", *PSEUDO_SOURCES) if v.startswith(incomplete)]
 
 
 TRAIN_HELP = {
@@ -270,10 +274,10 @@ TRAIN_HELP = {
     "budget": "Cap on candidates per step (0: none).",
     "pseudo_queries": "Passages used as queries for distillation (they need no labels): every passage of a "
                       "smaller corpus, else a sample of this many.",
-    "pseudo_source": "What stands in for a query about a passage, one pseudo-query each, joined by '+': "
-                     "'sentences' (a sentence of its text drawn at random, read from the corpus file), 'titles' "
-                     "(its title, or opening words without one), both encoded as queries, and 'passages' (its own "
-                     "embedding); 'both' is titles+passages.",
+    "pseudo_source": "What stands in for a query about a passage, one pseudo-query per source, joined by '+': "
+                     "'passages' (its own embedding), 'titles' (its title, or opening words without one) and "
+                     "'sentences' (a sentence of its text drawn at random, read from the corpus file), each text "
+                     "encoded as a query; 'both' is passages+titles.",
     "distill": "Weight of distillation from flat search (ranks like flat search, for every query).",
     "supervised": "Weight of the cross-entropy on labelled positives (learns the training pairs).",
     "supervised_negatives": "Negatives of the supervised loss: every candidate, or only other queries' positives.",

@@ -24,8 +24,11 @@ def pq_distances(x, codebooks):
     """[n, M, ksub]: squared distance of each sub-vector of x [n, M * dsub] to each codeword."""
     n = len(x)
     M, ksub, dsub = codebooks.shape
-    sub = x.reshape(n, M, 1, dsub).astype(np.float64)
-    return ((sub - codebooks[None].astype(np.float64)) ** 2).sum(-1)
+    out = np.empty((n, M, ksub))
+    for m in range(M):  # one sub-space at a time: [n, ksub, dsub] float64 temporaries, not M of them
+        sub = x[:, m * dsub:(m + 1) * dsub].astype(np.float64)
+        out[:, m] = ((sub[:, None, :] - codebooks[m][None].astype(np.float64)) ** 2).sum(-1)
+    return out
 
 
 def clustered(n, d, centers, seed=0, noise=0.3):

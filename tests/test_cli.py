@@ -119,3 +119,7 @@ def test_index_build_search_trec_and_eval_columns(tmp_path, tiny_model):
         assert r.exit_code == 1 and msg in r.output
     r = run("search", cache, "x", "-k", 0)
     assert r.exit_code == 2 and "Invalid value for '-k'" in r.output
+    r = run("train", cache, "--pseudo-source", "titles+title")
+    assert r.exit_code == 2 and r.output.splitlines()[-1] == (
+        "Error: Invalid value for '--pseudo-source': must be 'both' or one or more of passages, titles, sentences "
+        "joined by '+' (got 'titles+title')")

@@ -48,15 +48,17 @@ def test_centroid_sums_match_numpy_whatever_the_threads():
     runs = []
     for threads in thread_counts():
         with numba_threads(threads):
-            runs.append(_centroid_sums(x, labels, 41))
+            runs.append(kmeans_module._centroid_sums_parallel(x, labels, 41))
     sums, counts = runs[0]
     np.testing.assert_allclose(sums, want, rtol=1e-12, atol=1e-9)
     np.testing.assert_array_equal(counts, np.bincount(labels, minlength=41))
     assert counts[7] == 0 and counts[40] == 0 and not sums[7].any()
     for other in runs[1:]:  # the same bits on every thread count
         np.testing.assert_array_equal(other[0], sums)
-    for fn in (kmeans_module._centroid_sums_serial, kmeans_module._centroid_sums_parallel):  # and either way
-        np.testing.assert_array_equal(fn(x, labels, 41)[0], sums)
+    serial = kmeans_module._centroid_sums_serial(x, labels, 41)  # ... and on the calling thread
+    np.testing.assert_array_equal(serial[0], sums)
+    np.testing.assert_array_equal(serial[1], counts)
+    np.testing.assert_array_equal(_centroid_sums(x, labels, 41)[0], sums)
 
 
 def test_kmeans_objective_no_worse_than_numpy_lloyd_and_deterministic():

@@ -175,40 +175,52 @@ def test_pseudo_texts_are_titles_or_the_opening_sentence():
         "First.", "Other text", ""]  # a shared title gives way to each passage's opening (if any)
 
 
-def test_pseudo_sources_parse_in_the_order_the_pool_stacks_them():
+def test_pseudo_sources_parse_in_the_order_the_pool_stacks_them_with_one_spelling():
     assert pseudo_sources("both") == ["passages", "titles"]
     assert pseudo_sources("sentences+titles+passages") == ["passages", "titles", "sentences"]
     assert pseudo_sources("titles") == ["titles"]
+    for value, canonical in (("titles+passages", "both"), ("both", "both"), ("sentences+titles", "titles+sentences")):
+        cfg = TrainConfig(pseudo_source=value).validate()
+        assert cfg.pseudo_source == canonical and cfg.run_name() == TrainConfig(pseudo_source=canonical).run_name()
     for bad in ("", "title", "titles+titles", "both+sentences", "titles,passages"):
-        with pytest.raises(QliteError, match="pseudo_source must be"):
+        with pytest.raises(QliteError, match="training option pseudo_source must be 'both' or one or more"):
             TrainConfig(pseudo_source=bad).validate()
 
 
 def test_pseudo_sentences_come_from_the_corpus_while_it_matches_the_cache(tmp_path, tiny_model):
+    long = " ".join(f"word{i}" for i in range(100))
     texts = ["Short one. The first real sentence is here. And a second sentence comes after it! Is it a third one?",
              "No sentence end at all in this text",
              "Tiny. Bits. Only.",
-             "Alpha beta gamma delta. Epsilon zeta eta theta iota."]
+             "Alpha beta gamma delta. Epsilon zeta eta theta iota.",
+             "As shown by Smith et al. (2019) the effect is large. See Fig. 3 for all of the data.",
+             long,
+             "The first sentence is long enough. The second one goes on and on, well past the end of the snippet "
+             "that the cache keeps, so that it is cut short there."]
     docs = [{"_id": f"d{i}", "title": f"Title {i}", "text": t} for i, t in enumerate(texts)]
     corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
     build_cache(corpus, tmp_path / "c.h5", model_dir=tiny_model, threads=1)
     cache = Cache(tmp_path / "c.h5")
-    rows = np.arange(4)
+    rows = np.arange(len(texts))
     got, found = pseudo_sentences(cache, rows, seed=0)
-    assert found == 4
+    assert found == len(texts)
     assert got[0] in ("The first real sentence is here.", "And a second sentence comes after it!",
                       "Is it a third one?")  # "Short one." has too few words; titles are never used
     assert got[1:3] == texts[1:3]  # no sentence end, or every sentence too short: the whole text
     assert got[3] in ("Alpha beta gamma delta.", "Epsilon zeta eta theta iota.")
+    assert got[4] in ("As shown by Smith et al. (2019) the effect is large.", "See Fig. 3 for all of the data.")
+    assert got[5] == " ".join(long.split()[:64])  # no sentence end: cut, so it stays a query
     seen = {pseudo_sentences(cache, rows, seed)[0][0] for seed in range(20)}
     assert len(seen) == 3 and pseudo_sentences(cache, rows, seed=0)[0] == got  # drawn, but by the seed
     docs[0]["text"] = "Changed since the cache was built, so the text is not what was encoded."
     write_jsonl(corpus, docs)
     again, found = pseudo_sentences(cache, rows, seed=0)
-    assert found == 3 and again[0] != docs[0]["text"] and again[0] in cache.snippets([0], width=1 << 16)[0]
+    assert found == len(texts) - 1 and again[0] != docs[0]["text"]
+    assert again[0] in cache.snippets([0], width=1 << 16)[0]  # ... from the snippet instead
     corpus.unlink()  # gone: every sentence comes from the snippet's opening words ("Title | text...")
     gone, found = pseudo_sentences(cache, rows, seed=0)
     assert found == 0 and gone[1] == texts[1] and all("Title" not in g for g in gone)
+    assert gone[6] == "The first sentence is long enough."  # the snippet's cut-off last piece is dropped
 
 
 @pytest.mark.parametrize("source", ["titles", "passages", "both", "sentences", "passages+titles+sentences"])
@@ -227,7 +239,8 @@ def test_pool_pseudo_queries_are_encoded_texts_or_passage_embeddings(title_task,
     np.testing.assert_allclose(pool.vectors[n_real:], want, atol=1e-6)
     assert pool.counts["pseudo"] == len(want)
     assert pool.counts["pseudo_titles"] == (50 if source in ("titles", "both", "passages+titles+sentences") else 0)
-    assert pool.counts["pseudo_sentences"] == (50 if "sentences" in source else 0)
+    assert pool.counts.get("pseudo_sentences", 0) == (50 if "sentences" in source else 0)
+    assert ("sentences_from_corpus" in pool.counts) == ("sentences" in source)  # default pools: the keys of old
     assert ("passage titles" in pool.describe_text()) == (pool.counts["pseudo_titles"] > 0)
     assert ("passage sentences" in pool.describe_text()) == ("sentences" in source)
     assert not np.allclose(titles, passages, atol=1e-3) and not np.allclose(titles, sentences, atol=1e-3)

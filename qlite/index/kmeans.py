@@ -38,14 +38,11 @@ def _argmin_rows(dots, x_norms, c_norms, labels, dists, start):
         dists[start + i] = max(best + x_norms[i], 0.0)
 
 
-def _centroid_sums_py(x, labels, k):
-    """Per-cluster sums (float64) [k, d] and counts [k].
-
-    The rows are grouped by cluster first (a counting sort, rows ascending within a cluster), then each
-    cluster sums its own rows, in parallel over clusters: no partial sums to allocate and add up (64
-    partials were 200 MB a k-means iteration at k 1024, d 384), and one order whatever the thread count.
-    """
-    n, d = x.shape
+@njit(inline="always")
+def _group_by_cluster(labels, k):
+    """(counts [k], starts [k + 1], order [n]): the rows of cluster c are order[starts[c]:starts[c + 1]],
+    ascending (a counting sort)."""
+    n = labels.shape[0]
     counts = np.zeros(k, np.int64)
     for i in range(n):
         counts[labels[i]] += 1
@@ -58,26 +55,53 @@ def _centroid_sums_py(x, labels, k):
         c = labels[i]
         order[fill[c]] = i
         fill[c] += 1
-    sums = np.zeros((k, d))
+    return counts, starts, order
+
+
+@njit(inline="always")
+def _sum_rows(x, order, start, stop, acc):
+    for p in range(start, stop):
+        row = x[order[p]]
+        for j in range(x.shape[1]):
+            acc[j] += row[j]
+
+
+@njit(parallel=True, cache=True)
+def _centroid_sums_parallel(x, labels, k):
+    """Per-cluster sums (float64) [k, d] and counts [k].
+
+    The rows are grouped by cluster first, then each cluster sums its own rows, in parallel over clusters:
+    no partial sums to allocate and add up (64 partials were 200 MB a k-means iteration at k 1024, d 384),
+    and one order whatever the thread count.
+    """
+    counts, starts, order = _group_by_cluster(labels, k)
+    sums = np.zeros((k, x.shape[1]))
     for c in prange(k):
-        acc = sums[c]
-        for p in range(starts[c], starts[c + 1]):
-            row = x[order[p]]
-            for j in range(d):
-                acc[j] += row[j]
+        _sum_rows(x, order, starts[c], starts[c + 1], sums[c])
     return sums, counts
 
 
-_centroid_sums_parallel = njit(parallel=True, cache=True)(_centroid_sums_py)
-# the same sums in the same order on the calling thread: a thread team's start-up outweighs small inputs
-# (a PQ sub-space of 4,096 x 8: 0.22 ms an iteration in parallel; 48 sub-spaces x 25 iterations of them
-# were most of a 4-bit index's training on SciFact)
-_centroid_sums_serial = njit(cache=True)(_centroid_sums_py)
-SERIAL_SUMS_BELOW = 1 << 20  # x.size
+# Its twin on the calling thread (the same sums in the same order): a thread team's start-up outweighs
+# small inputs (a PQ sub-space of 4,096 x 8 took 0.22 ms an iteration in parallel, and 48 sub-spaces x 25
+# iterations of them were most of a 4-bit index's training on SciFact).  A function of its own: Numba's
+# disk cache keys a kernel by its function, not by parallel=, so one function compiled both ways loads
+# whichever was cached first for both (numba#6845).
+@njit(cache=True)
+def _centroid_sums_serial(x, labels, k):
+    counts, starts, order = _group_by_cluster(labels, k)
+    sums = np.zeros((k, x.shape[1]))
+    for c in range(k):
+        _sum_rows(x, order, starts[c], starts[c + 1], sums[c])
+    return sums, counts
+
+
+# below this many elements of x the sums run serially: SciFact's 4-bit PQ sub-spaces (4,096 x 8) and its
+# coarse k-means (5,183 x 384); a 1M build's coarse k-means (262,144 x 384) runs in parallel
+SERIAL_SUMS_BELOW = 1 << 21
 
 
 def _centroid_sums(x, labels, k):
-    """See _centroid_sums_py: one result, computed serially for small x, else in parallel over clusters."""
+    """(sums float64 [k, d], counts [k]): the same result serially for small x, else in parallel."""
     fn = _centroid_sums_serial if x.size < SERIAL_SUMS_BELOW else _centroid_sums_parallel
     return fn(x, labels, k)
 

@@ -14,17 +14,24 @@ from ..errors import QliteError
 ADDED_LATER = {"head_decay": 0.0, "pseudo_source": "passages"}
 
 
-PSEUDO_SOURCES = ("titles", "sentences", "passages")  # joined by "+"; "both" is titles+passages
+PSEUDO_SOURCES = ("passages", "titles", "sentences")  # joined by "+", stacked in this order; "both": passages+titles
 
 
 def pseudo_sources(value: str) -> list:
-    """The pseudo-query sources of a ``pseudo_source`` option, in the order the pool stacks them:
-    ``"both"`` -> ["passages", "titles"]; ``"titles+sentences"`` -> ["titles", "sentences"]."""
-    parts = ["titles", "passages"] if value == "both" else value.split("+")
-    if not parts or any(p not in PSEUDO_SOURCES for p in parts) or len(set(parts)) != len(parts):
-        raise QliteError(f"training option pseudo_source must be 'both' or one or more of "
-                         f"{', '.join(PSEUDO_SOURCES)} joined by '+' (got {value!r})")
-    return sorted(parts, key=("passages", "titles", "sentences").index)
+    """The pseudo-query sources of a ``pseudo_source`` value, in the order the pool stacks them:
+    ``"both"`` -> ["passages", "titles"]; ``"sentences+titles"`` -> ["titles", "sentences"]."""
+    parts = ["passages", "titles"] if value == "both" else value.split("+")
+    if any(p not in PSEUDO_SOURCES for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"must be 'both' or one or more of {', '.join(PSEUDO_SOURCES)} joined by '+' "
+                         f"(got {value!r})")
+    return sorted(parts, key=PSEUDO_SOURCES.index)
+
+
+def canonical_pseudo_source(value: str) -> str:
+    """One spelling per set of sources, so that runs of the same settings get the same name:
+    "titles+passages" -> "both", "sentences+titles" -> "titles+sentences"."""
+    sources = pseudo_sources(value)
+    return "both" if sources == ["passages", "titles"] else "+".join(sources)
 
 
 @dataclass
@@ -99,7 +106,10 @@ class TrainConfig:
                 raise QliteError(f"{_flag(name)} must not be negative (got {getattr(self, name)})")
         if not 0 <= self.warmup < 1 or not 0 < self.dev_share < 1:
             raise QliteError("training options: warmup must be in [0, 1) and dev_share in (0, 1)")
-        pseudo_sources(self.pseudo_source)
+        try:
+            self.pseudo_source = canonical_pseudo_source(self.pseudo_source)
+        except ValueError as exc:
+            raise QliteError(f"training option pseudo_source {exc}") from None
         if self.supervised_negatives not in ("all", "positives"):
             raise QliteError(f"training option supervised_negatives must be 'all' or 'positives' "
                              f"(got {self.supervised_negatives!r})")

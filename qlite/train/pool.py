@@ -43,10 +43,10 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_write
-from ..beir import iter_corpus, load_qrels, load_queries, passage_text, text_hash
-from ..cache import Cache
+from ..beir import load_qrels, load_queries
+from ..cache import SNIPPET_BYTES, Cache
 from ..encoder.model_dir import file_sha256
-from ..errors import InputError, QliteError
+from ..errors import QliteError
 from ..index.flat import flat_search
 from .config import pseudo_sources
 
@@ -150,6 +150,13 @@ def split_by_passage(train: Labelled, held: np.ndarray, seed: int):
     return train.subset(sorted(order[n_dev:])), train.subset(sorted(order[:n_dev])), "dev: held-out queries"
 
 
+def _title_and_text(snippet: str) -> tuple[str, str]:
+    """A cache snippet ("title | text", at most 128 bytes) split into (title, text); a snippet without the
+    separator is taken as a passage without a title."""
+    title, sep, text = snippet.partition(" | ")
+    return (title, text) if sep else ("", title)
+
+
 def pseudo_texts(cache: Cache, rows) -> list:
     """The text standing in for a query about each of ``rows``: its title, read from the cache's snippets
     (at most 128 bytes of "title | text"), or its opening words up to the first sentence end when it has
@@ -159,66 +166,45 @@ def pseudo_texts(cache: Cache, rows) -> list:
     snippets = cache.snippets(rows, width=1 << 16)
     parts = []
     for r in rows:
-        title, sep, text = snippets.get(int(r), "").partition(" | ")
-        if not sep:  # no title: the snippet is the passage's opening
-            title, text = "", title
+        title, text = _title_and_text(snippets.get(int(r), ""))
         end = text.find(". ")
         parts.append((title.strip(), (text[:end + 1] if end > 0 else text).strip()))
     uses = Counter(title for title, _ in parts if title)
     return [title if title and uses[title] == 1 else opening for title, opening in parts]
 
 
-# a sentence ends at . ! or ? followed by space and a capital, digit or bracket ("e.g. the" does not end one)
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+# A sentence ends at . ! or ? followed by a space and a capital, digit, bracket or quote, except after a
+# few abbreviations common in scientific text ("et al. (2019)", "Fig. 3", "e.g. The").  A heuristic: it
+# misses sentences that start with a lower-case or non-ASCII letter, and then draws from a longer piece.
+SENTENCE_END = re.compile(r"(?<!\bal\.)(?<!\bFig\.)(?<!\bfig\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)(?<!\bNo\.)"
+                          "(?<=[.!?])\\s+(?=[A-Z0-9(\\[\"'\u201c])")
 MIN_SENTENCE_WORDS = 4
-
-
-def corpus_texts(cache: Cache, rows) -> dict:
-    """{row: text} (the passage's text, without its title) for ``rows``, read from the corpus file the cache
-    was built from; a row whose text no longer matches what was encoded (its text hash) is left out, and so
-    is every row when the file is gone or unreadable.  One streaming pass, stopped once every row is found."""
-    path = Path(cache.attrs.get("corpus_path", ""))
-    if not path.is_file():
-        return {}
-    ids = cache.ids
-    wanted = {bytes(ids[r]): int(r) for r in rows}
-    hashes = cache.text_hashes()
-    out = {}
-    try:
-        for _, doc in iter_corpus(path):
-            r = wanted.pop(doc["_id"].encode("utf-8"), None)
-            if r is not None and hashes[r] in (0, text_hash(passage_text(doc))):
-                out[r] = doc.get("text") or ""
-            if not wanted:
-                break
-    except InputError:  # the file changed since the cache was built: keep what was read before the fault
-        pass
-    return out
+MAX_SENTENCE_WORDS = 64  # a text without a sentence end is cut here: a query, not the passage again
 
 
 def pseudo_sentences(cache: Cache, rows, seed: int) -> tuple[list, int]:
     """(texts, found): one sentence of each of ``rows``' text (never its title), drawn at random, to stand in
     for a query about the passage, as the inverse cloze task of Lee et al. (2019) makes a sentence the query
     of its context.  Sentences of fewer than MIN_SENTENCE_WORDS words are passed over.  Texts come from the
-    corpus file (see :func:`corpus_texts`; ``found`` counts them), else from the cache's snippet, whose text
-    is only the passage's opening words.  "" where there is no text."""
+    corpus file (:meth:`Cache.corpus_texts`; ``found`` counts them), else from the cache's snippet, which
+    holds only the passage's opening words (the last piece of a snippet cut short is dropped when there is
+    another).  "" where there is no text."""
     rows = np.asarray(rows, np.int64)
-    full = corpus_texts(cache, rows)
+    full = cache.corpus_texts(rows)
     missing = [int(r) for r in rows if int(r) not in full]
     snippets = cache.snippets(missing, width=1 << 16) if missing else {}
     draw = np.random.default_rng([seed, 13]).random(len(rows))
     out = []
-    for r, u in zip(rows, draw):
-        r = int(r)
-        if r in full:
-            text = " ".join(full[r].split())
-        else:
-            title, sep, text = snippets.get(r, "").partition(" | ")
-            text = text if sep else title
-        sentences = [s for s in SENTENCE_END.split(text) if len(s.split()) >= MIN_SENTENCE_WORDS]
-        if not sentences and text.strip():
-            sentences = [text.strip()]
-        out.append(sentences[int(u * len(sentences))] if sentences else "")
+    for r, u in zip(rows.tolist(), draw):
+        snippet = snippets.get(r, "")
+        # a snippet filled to its last bytes (a UTF-8 character is at most 4) was cut short
+        cut = r not in full and len(snippet.encode("utf-8")) > SNIPPET_BYTES - 4
+        text = " ".join((full[r] if r in full else _title_and_text(snippet)[1]).split())
+        pieces = SENTENCE_END.split(text) if text else []
+        if cut and len(pieces) > 1:
+            pieces = pieces[:-1]
+        sentences = [p for p in pieces if len(p.split()) >= MIN_SENTENCE_WORDS] or ([text] if text else [])
+        out.append(" ".join(sentences[int(u * len(sentences))].split()[:MAX_SENTENCE_WORDS]) if sentences else "")
     return out, len(full)
 
 
@@ -264,7 +250,10 @@ class Pool:
 
     def describe_text(self) -> str:
         c = self.describe()
-        kinds = [(c.get("pseudo_titles", 0), "passage titles"), (c.get("pseudo_sentences", 0), "passage sentences")]
+        sentences = "passage sentences" + (f" ({c.get('sentences_from_corpus', 0):,} read from the corpus file, the "
+                                           "rest from the cache's snippets)"
+                                           if c.get("sentences_from_corpus", 0) < c.get("pseudo_sentences", 0) else "")
+        kinds = [(c.get("pseudo_titles", 0), "passage titles"), (c.get("pseudo_sentences", 0), sentences)]
         kinds.insert(0, (c["pseudo"] - sum(n for n, _ in kinds), "passages"))
         named = [f"{n:,} {what}" for n, what in kinds if n] or ["no passages"]
         pseudo = ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + named[-1]
@@ -340,18 +329,18 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         dev_vectors = np.asarray(cache.embeddings[dev_pseudo], np.float32)
     candidates = np.setdiff1d(np.arange(n), dev_pseudo)
     pseudo = np.sort(rng.choice(candidates, min(cfg.pseudo_queries, len(candidates)), replace=False))
-    sources = pseudo_sources(cfg.pseudo_source)
-    # each text source: (rows with a text, texts); encoded as queries below
-    by_text, sentences_read = {}, 0
-    for source in sources if len(pseudo) else []:
+    sources = pseudo_sources(cfg.pseudo_source) if len(pseudo) else []
+    texts_of = {}  # text source -> (rows that have a text, their texts), encoded as queries below
+    sentences_read = 0
+    for source in sources:
         if source == "titles":
             found = pseudo_texts(cache, pseudo)
         elif source == "sentences":
             found, sentences_read = pseudo_sentences(cache, pseudo, cfg.seed)
         else:
             continue
-        by_text[source] = (np.array([r for r, t in zip(pseudo, found) if t], np.int64), [t for t in found if t])
-    n_texts = sum(len(t) for _, t in by_text.values())
+        texts_of[source] = (np.array([r for r, t in zip(pseudo, found) if t], np.int64), [t for t in found if t])
+    n_texts = sum(len(t) for _, t in texts_of.values())
     encoder = query_encoder(cache, threads) if texts or dev_texts or n_texts else None
     with progress.stage("encoding queries", len(texts) + len(dev_texts) + n_texts) as bar:
         real = encode_queries(encoder, texts) if texts else np.zeros((0, cache.dim), np.float32)
@@ -360,21 +349,21 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
             dev_vectors = encode_queries(encoder, dev_texts)
             bar.update(len(dev_texts))
         encoded = {}
-        for source, (rows, found) in by_text.items():
+        for source, (_, found) in texts_of.items():
             encoded[source] = encode_queries(encoder, found) if found else np.zeros((0, cache.dim), np.float32)
             bar.update(len(found))
     embeddings = np.asarray(cache.embeddings[pseudo], np.float32)
-    parts = []
-    for i, source in enumerate(sources if len(pseudo) else []):
+    blocks = []  # one block of pseudo-queries per source, in PSEUDO_SOURCES order
+    for source in sources:
         if source == "passages":
-            parts.append(embeddings)
-        elif i == 0:  # the first source of a pool without passage embeddings: a passage without text keeps its own
+            blocks.append(embeddings)
+        elif not blocks and "passages" not in sources:  # the first source alone: a passage without text keeps its own
             filled = embeddings.copy()
-            filled[np.searchsorted(pseudo, by_text[source][0])] = encoded[source]
-            parts.append(filled)
+            filled[np.searchsorted(pseudo, texts_of[source][0])] = encoded[source]
+            blocks.append(filled)
         else:
-            parts.append(encoded[source])
-    pseudo_vectors = np.vstack(parts) if parts else embeddings
+            blocks.append(encoded[source])
+    pseudo_vectors = np.vstack(blocks) if blocks else embeddings
     vectors = np.vstack([real, pseudo_vectors]).astype(np.float32)
     if len(vectors) == 0:
         raise QliteError("nothing to train on: no queries and no passages as queries")
@@ -388,10 +377,10 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
         dev.vectors = dev_vectors
         if dev.metric == "agreement@10":
             dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10)
+    counts = {"pseudo_titles": len(texts_of.get("titles", (0, []))[1])}
+    if "sentences" in texts_of:  # (pools without sentences keep the counts they always had)
+        counts.update(pseudo_sentences=len(texts_of["sentences"][1]), sentences_from_corpus=sentences_read)
     pool = Pool(vectors, pos_ptr, pos_rows, teacher,
-                {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo_vectors),
-                 "pseudo_titles": len(by_text.get("titles", (0, []))[1]),
-                 "pseudo_sentences": len(by_text.get("sentences", (0, []))[1]),
-                 "sentences_from_corpus": sentences_read}, dev, split)
+                {"labelled": n_lab, "unlabelled": len(unlabelled), "pseudo": len(pseudo_vectors), **counts}, dev, split)
     pool.save(path)
     return pool
