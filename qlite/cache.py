@@ -214,9 +214,9 @@ class Cache:
             return {r: _shorten(t.decode("utf-8", "ignore"), width) for r, t in zip(wanted, texts)}
         from .beir import iter_corpus, passage_snippet
 
-        path = Path(self.attrs.get("corpus_path", ""))
+        path = self._corpus_file()
         out = {}
-        if path.is_file():
+        if path is not None:
             targets, last = set(wanted), wanted[-1]
             for row, (_, doc) in enumerate(iter_corpus(path)):
                 if row in targets:
@@ -225,6 +225,11 @@ class Cache:
                     break
         return out
 
+    def _corpus_file(self) -> Path | None:
+        """The corpus file the cache was built from, if it is still there."""
+        path = Path(self.attrs.get("corpus_path", ""))
+        return path if path.is_file() else None
+
     def corpus_texts(self, rows) -> dict[int, str]:
         """{row: the passage's text, without its title} for ``rows``, read from the corpus file the cache was
         built from, in one streaming pass stopped once every row is found.  A row whose text no longer hashes
@@ -232,8 +237,8 @@ class Cache:
         and so is every row when the file is gone or no longer reads as a corpus."""
         from .beir import InputError, iter_corpus, passage_text, text_hash
 
-        path = Path(self.attrs.get("corpus_path", ""))
-        if not path.is_file():
+        path = self._corpus_file()
+        if path is None:
             return {}
         ids = self.ids
         wanted = {bytes(ids[r]): int(r) for r in rows}

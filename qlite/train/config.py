@@ -59,7 +59,7 @@ class TrainConfig:
     pseudo_queries: int = 32768
     # what a pseudo-query is, one per source joined by "+": "titles" the passage's title (its opening words
     # when it has none) encoded as a query, "sentences" a sentence of its text drawn at random, encoded as a
-    # query, "passages" the passage's own embedding; "both" is titles+passages.  "both" chosen on cold dev
+    # query, "passages" the passage's own embedding; "both" is passages+titles.  "both" chosen on cold dev
     # (stop 20, cross-fitted, 9 runs each): SciFact +0.0278 against titles' +0.0199 (7 of 9 runs better),
     # NFCorpus +0.0260 against +0.0221; adding sentences did not beat it (stop 21: +0.0331 against +0.0334,
     # +0.0217 against +0.0260).  See pool.pseudo_texts and pool.pseudo_sentences
