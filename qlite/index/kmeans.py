@@ -135,6 +135,96 @@ def _split_empty(centroids, counts, seed):
     return repaired
 
 
+# Sub-quantizers of at most this many codewords (4-bit PQ and smaller) train all their sub-spaces in one
+# Numba call (kmeans_subspaces): a [4,096 x 8] @ [8 x 16] product is too small for BLAS to pay for the
+# Python round trip around it, and a 4-bit index's 48 sub-spaces x 25 iterations made 1,200 of them
+SMALL_K = 16
+
+
+@njit(nogil=True, cache=True)
+def _lloyd_small(x, centroids, niter, seed):
+    """``niter`` Lloyd iterations on x float32 [n, d], updating centroids float32 [k, d] in place.
+
+    The arithmetic of ``kmeans`` without BLAS: a row's k dot products accumulate over the d coordinates in
+    order (k lanes at once), then ||c||^2 - 2 x.c is compared; sums are float64 in row order; empty
+    clusters are split as ``kmeans`` splits them (``_split_empty`` with seed + iteration).
+    """
+    n, d = x.shape
+    k = centroids.shape[0]
+    ct = np.empty((d, k), np.float32)
+    c_norms = np.empty(k, np.float32)
+    dots = np.empty(k, np.float32)
+    labels = np.empty(n, np.int64)
+    for it in range(niter):
+        for j in range(k):
+            s = np.float32(0.0)
+            for t in range(d):
+                ct[t, j] = centroids[j, t]
+                s += centroids[j, t] * centroids[j, t]
+            c_norms[j] = s
+        for i in range(n):
+            dots[:] = 0.0
+            for t in range(d):
+                v = x[i, t]
+                for j in range(k):
+                    dots[j] += v * ct[t, j]
+            best = np.float32(np.inf)
+            arg = 0
+            for j in range(k):
+                dist = c_norms[j] - np.float32(2.0) * dots[j]
+                if dist < best:
+                    best = dist
+                    arg = j
+            labels[i] = arg
+        sums = np.zeros((k, d))
+        counts = np.zeros(k, np.int64)
+        for i in range(n):
+            c = labels[i]
+            counts[c] += 1
+            for t in range(d):
+                sums[c, t] += x[i, t]
+        empty = False
+        for j in range(k):
+            if counts[j] > 0:
+                for t in range(d):
+                    centroids[j, t] = np.float32(sums[j, t] / counts[j])
+            else:
+                empty = True
+        if empty:
+            _split_empty(centroids, counts, seed + it)
+
+
+@njit(parallel=True, cache=True)
+def _lloyd_small_batch(xs, centroids, niter, seeds):
+    """_lloyd_small on each of xs [M, n, d] / centroids [M, k, d], in parallel over the M problems."""
+    for m in prange(xs.shape[0]):
+        _lloyd_small(xs[m], centroids[m], niter, seeds[m])
+
+
+def kmeans_subspaces(x, M, k, niter=25, seed=1234, max_points_per_centroid=256):
+    """k-means of each of the M column blocks of x [n, d] (d = M * dsub), as ``kmeans(block m, k, niter,
+    seed + m, ...)`` would sample and initialise it, all in one Numba call: centroids float32 [M, k, dsub].
+
+    For small k (``SMALL_K``), where the per-call overhead of ``kmeans`` outweighs the arithmetic.  The
+    centroids are not bit-identical to ``kmeans``' (its dot products come from BLAS).
+    """
+    n, d = x.shape
+    if n < k:
+        raise QliteError(f"k-means needs at least as many points as centroids ({n} < {k})")
+    dsub = d // M
+    n_train = min(n, k * max_points_per_centroid)
+    xs = np.empty((M, n_train, dsub), np.float32)
+    centroids = np.empty((M, k, dsub), np.float32)
+    for m in range(M):
+        rng = np.random.default_rng(seed + m)
+        rows = sample_rows(n, k, max_points_per_centroid, rng)
+        block = x[rows, m * dsub:(m + 1) * dsub] if len(rows) < n else x[:, m * dsub:(m + 1) * dsub]
+        xs[m] = block
+        centroids[m] = xs[m][np.sort(rng.choice(n_train, k, replace=False))]
+    _lloyd_small_batch(xs, centroids, niter, np.arange(seed, seed + M, dtype=np.int64))
+    return centroids
+
+
 def assign(x, centroids, c_norms=None, x_norms=None):
     """Nearest centroid (squared L2) of each row: (labels int64 [n], squared distances float32 [n]).
 

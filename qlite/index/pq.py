@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
-from .kmeans import kmeans
+from .kmeans import SMALL_K, kmeans, kmeans_subspaces
 
 
 @njit(parallel=True, cache=True)
@@ -93,6 +93,10 @@ class ProductQuantizer:
     def train(self, x, niter=25, seed=1234, max_points_per_centroid=256):
         if len(x) < self.ksub:
             raise QliteError(f"PQ training needs at least {self.ksub} vectors (got {len(x)})")
+        if self.ksub <= SMALL_K:  # every sub-space in one call: see kmeans.SMALL_K
+            self.codebooks[:] = kmeans_subspaces(np.asarray(x, np.float32), self.M, self.ksub, niter=niter,
+                                                 seed=seed, max_points_per_centroid=max_points_per_centroid)
+            return self
         for m in range(self.M):
             self.codebooks[m] = kmeans(self.sub(x, m), self.ksub, niter=niter, seed=seed + m,
                                        max_points_per_centroid=max_points_per_centroid)
