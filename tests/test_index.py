@@ -86,26 +86,29 @@ def test_kmeans_errors():
         kmeans(np.zeros((3, 2), np.float32), 5)
 
 
-def test_kmeans_subspaces_match_kmeans_per_block_whatever_the_threads():
-    # 6 sub-spaces of 4 dims, k 16, more rows than the sample cap (16 x 40): each block is sampled and
+@pytest.mark.parametrize("dsub", [4, 8])  # 8: SciFact's 4-bit sub-spaces (384 / 48), where NumPy's sums are unrolled
+def test_kmeans_subspaces_match_kmeans_per_block_whatever_the_threads(dsub):
+    # 6 sub-spaces, k 16, more rows than the sample cap (16 x 40): each block is sampled and
     # initialised as kmeans(block, seed + m) does, and trains to the same centroids
-    x = clustered(900, 24, 40, seed=3, noise=0.4)
-    x[:, 20:] = np.repeat(np.eye(4, dtype=np.float32), 225, axis=0)  # last block: 4 points for 16 clusters
-    want = np.stack([kmeans(np.ascontiguousarray(x[:, 4 * m:4 * m + 4]), 16, niter=8, seed=11 + m,
+    x = clustered(900, 6 * dsub, 40, seed=3, noise=0.4)
+    x[:, 5 * dsub:] = np.repeat(np.eye(dsub, dtype=np.float32)[:4], 225, axis=0)  # last block: 4 points, 16 clusters
+    want = np.stack([kmeans(np.ascontiguousarray(x[:, dsub * m:dsub * (m + 1)]), 16, niter=8, seed=11 + m,
                             max_points_per_centroid=40) for m in range(6)])
     runs = []
     for threads in thread_counts():
         with numba_threads(threads):
             runs.append(kmeans_subspaces(x, 6, 16, niter=8, seed=11, max_points_per_centroid=40))
     got = runs[0]
-    assert got.shape == (6, 16, 4) and got.dtype == np.float32
+    assert got.shape == (6, 16, dsub) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for other in runs[1:]:
         np.testing.assert_array_equal(other, got)
-    labels, _ = assign(x[:, 20:], got[5])  # the empty clusters were split, as kmeans splits them
-    assert len(np.unique(labels)) == 4
+    # the empty clusters were split, as kmeans splits them (unsplit, the centroids would be the 4 points)
+    assert len(np.unique(got[5], axis=0)) > 4
     with pytest.raises(QliteError, match="at least as many points"):
         kmeans_subspaces(x[:10], 6, 16)
+    with pytest.raises(QliteError, match="M >= 1 dividing d"):
+        kmeans_subspaces(x, 5, 16)
 
 
 def test_pq_codewords_decode_exactly_and_reconstruction_beats_baseline():

@@ -140,13 +140,17 @@ def child(a):
     truth = np.load(a.truth_file)
     # the first build in a process also pays the library's one-off start-up (Numba loading its cached kernels and
     # initialising its typing registries; faiss's is paid at import, before the clock): --builds 2+ times later
-    # builds too, and the table gives their median
-    builds = [build(a, x) for _ in range(a.builds)]
-    search = builds[-1][0]
-    warm = builds[1:] or builds
-    train_s, add_s = statistics.median(b[1] for b in warm), statistics.median(b[2] for b in warm)
+    # builds too, and the table gives the one whose train + add is the median.  Only the last index is kept: an
+    # earlier one alive would count in the memory peaks
+    times, search = [], None
+    for _ in range(a.builds):
+        search = None
+        search, train_s, add_s = build(a, x)
+        times.append((train_s, add_s))
+    warm = times[1:] or times
+    train_s, add_s = sorted(warm, key=sum)[(len(warm) - 1) // 2]
     res = {"system": a.child, "threads": a.child_threads, "opq": a.opq, "train_s": train_s, "add_s": add_s,
-           "first_build_s": builds[0][1] + builds[0][2], "builds": len(builds), "points": []}
+           "first_build_s": sum(times[0]), "builds": len(times), "points": []}
     rng = np.random.default_rng(0)
     singles = q[rng.choice(len(q), min(a.single, len(q)), replace=False)]
     for rerank in a.reranks:
@@ -271,7 +275,8 @@ def main():
     ap.add_argument("--rerank", default="0,100", help="re-rank depths (0: none)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--builds", type=int, default=1, help="builds per system process; with 2+ the train and add "
-                    "times are the median of the builds after the first (which also pays library start-up)")
+                    "times are those of the median (by train + add) of the builds after the first (which also pays "
+                    "library start-up)")
     ap.add_argument("--single", type=int, default=100, help="queries timed one at a time (0: skip)")
     ap.add_argument("--recalls", default="0.3,0.5,0.7,0.8,0.9,0.95", help="recall levels for equal-recall ratios")
     ap.add_argument("--systems", default="qlite,faiss,qlite4,faiss4")
@@ -285,6 +290,8 @@ def main():
     ap.add_argument("--query-file", help=argparse.SUPPRESS)
     ap.add_argument("--truth-file", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.builds < 1:
+        ap.error("--builds must be at least 1")
     a.nprobes = [int(v) for v in a.nprobes.split(",")]
     a.reranks = [int(v) for v in a.rerank.split(",")]
     a.recalls = [float(v) for v in a.recalls.split(",")]

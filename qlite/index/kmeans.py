@@ -206,9 +206,12 @@ def kmeans_subspaces(x, M, k, niter=25, seed=1234, max_points_per_centroid=256):
     seed + m, ...)`` would sample and initialise it, all in one Numba call: centroids float32 [M, k, dsub].
 
     For small k (``SMALL_K``), where the per-call overhead of ``kmeans`` outweighs the arithmetic.  The
-    centroids are not bit-identical to ``kmeans``' (its dot products come from BLAS).
+    centroids are not bit-identical to ``kmeans``' (its dot products come from BLAS, and its ||c||^2 from
+    NumPy's unrolled sums), only equal to rounding; each is the same whatever the threads.
     """
     n, d = x.shape
+    if M < 1 or d % M or k < 1:
+        raise QliteError(f"k-means of sub-spaces needs M >= 1 dividing d and k >= 1 (d {d}, M {M}, k {k})")
     if n < k:
         raise QliteError(f"k-means needs at least as many points as centroids ({n} < {k})")
     dsub = d // M
