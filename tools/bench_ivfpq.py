@@ -142,9 +142,9 @@ def child(a):
     # initialising its typing registries; faiss's is paid at import, before the clock): --builds 2+ times later
     # builds too, and the table gives the one whose train + add is the median.  Only the last index is kept: an
     # earlier one alive would count in the memory peaks
-    times, search = [], None
+    times = []
     for _ in range(a.builds):
-        search = None
+        search = None  # frees the previous build's index before the next is built
         search, train_s, add_s = build(a, x)
         times.append((train_s, add_s))
     warm = times[1:] or times
