@@ -38,6 +38,29 @@ def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_byte
         np.testing.assert_array_equal(other[1], dists)
 
 
+@pytest.mark.parametrize("k", [16, 37, 256, 1024])  # the branchy scan below 32 centroids, int32 keys from it on
+def test_argmin_rows_matches_numpy_with_ties_and_signed_zeros(k):
+    rng = np.random.default_rng(k)
+    n = 300
+    dots = rng.standard_normal((n, k)).astype(np.float32)
+    c_norms = rng.random(k).astype(np.float32)
+    c_norms[k // 2] = c_norms[3]
+    dots[100:200, [3, k // 2]] = np.float32(10.0)  # an exact tie for the smallest: the first index wins
+    dots[:100] = np.float32(-1e3)  # rows whose smallest is a zero: +0.0 and -0.0 tie, the first wins
+    c_norms[[2, 5]] = 0.0
+    c_norms[k - 1] = np.float32(-0.0)
+    dots[:100, 2] = np.float32(0.0)  # 0 - 2 * 0 = +0.0
+    dots[:50, 5] = np.float32(-0.0)  # 0 - 2 * -0.0 = +0.0
+    dots[50:100, k - 1] = np.float32(0.0)  # -0.0 - 2 * 0 = -0.0
+    x_norms = rng.random(n).astype(np.float32)
+    labels, dists = np.empty(n, np.int64), np.empty(n, np.float32)
+    kmeans_module._argmin_rows(dots, x_norms, c_norms, labels, dists, 0)
+    d = c_norms[None] - np.float32(2.0) * dots
+    np.testing.assert_array_equal(labels, d.argmin(1))  # NumPy's: the first smallest, -0.0 equal to +0.0
+    np.testing.assert_array_equal(dists, np.maximum(d.min(1) + x_norms, 0))
+    assert (labels[:100] == 2).all() and (labels[100:200] == 3).all()
+
+
 def test_centroid_sums_match_numpy_whatever_the_threads():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5000, 24)).astype(np.float32)
