@@ -162,6 +162,20 @@ def test_pq_encode_picks_the_nearest_codeword_and_residual_encoding_equals_it(nb
     np.testing.assert_array_equal(pq.encode_residuals(x, labels, coarse), pq.encode(x - coarse[labels]))
 
 
+def test_pq_training_one_subspace_per_thread_equals_kmeans_per_subspace():
+    # 8-bit sub-quantizers train their sub-spaces on the threads at once, each k-means on one thread
+    x = clustered(1500, 32, 20, seed=4)
+    runs = []
+    for threads in thread_counts():
+        with numba_threads(threads):
+            runs.append(ProductQuantizer(32, 4, 6).train(x, niter=6, seed=9).codebooks)
+    for m in range(4):
+        np.testing.assert_array_equal(runs[0][m], kmeans(np.ascontiguousarray(x[:, 8 * m:8 * (m + 1)]), 64,
+                                                         niter=6, seed=9 + m))
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
 def test_pq_bad_parameters():
     with pytest.raises(QliteError, match="--m must divide"):
         ProductQuantizer(10, 3)

