@@ -176,6 +176,19 @@ def test_pq_training_one_subspace_per_thread_equals_kmeans_per_subspace():
         np.testing.assert_array_equal(other, runs[0])
 
 
+@pytest.mark.parametrize("nbits", [4, 8])  # selects below 32 codewords, int32 keys from there on
+def test_pq_encode_breaks_ties_to_the_first_codeword(nbits):
+    x = clustered(500, 16, 8, seed=6)
+    pq = ProductQuantizer(16, 2, nbits).train(x, niter=2)
+    ksub = 1 << nbits
+    pq.codebooks[:, ksub - 1] = pq.codebooks[:, 1]  # codeword 1 and the last are the same
+    pq.codebooks[:, 0] = 0.0  # a zero codeword, at distance ||x||^2 (+0.0 or -0.0 in the kernel)
+    rows = np.concatenate([pq.codebooks[0, 1], pq.codebooks[1, 1]])[None]
+    np.testing.assert_array_equal(pq.encode(rows), [[1, 1]])
+    dist = pq_distances(x, pq.codebooks)
+    np.testing.assert_array_equal(pq.encode(x), dist.argmin(2))  # the oracle's first smallest
+
+
 def test_pq_bad_parameters():
     with pytest.raises(QliteError, match="--m must divide"):
         ProductQuantizer(10, 3)
