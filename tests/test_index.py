@@ -38,6 +38,25 @@ def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_byte
         np.testing.assert_array_equal(other[1], dists)
 
 
+def test_first_min_matches_a_scan_on_any_bits():
+    # random bit patterns: +-0, subnormals, +-inf and NaNs of either sign among them; lengths off the vector width
+    rng = np.random.default_rng(7)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45, 3.4e38, -3.4e38], np.float32)
+    for k in list(range(1, 40)) + [255, 256, 257]:
+        for _ in range(60):
+            values = rng.integers(-2**31, 2**31, k, dtype=np.int64).astype(np.int32).view(np.float32)
+            mask = rng.random(k) < 0.3
+            values[mask] = rng.choice(specials, mask.sum())
+            if rng.random() < 0.1:
+                values[:] = values[0]
+            want, best = 0, np.float32(np.inf)
+            for j, v in enumerate(values):  # the strict scan: NaN never compares smaller
+                if v < best:
+                    want, best = j, v
+            got = kmeans_module.first_min(values.copy(), np.empty(k, np.int32))
+            assert got == want, (k, values)
+
+
 @pytest.mark.parametrize("k", [16, 37, 256, 1024])  # the branchy scan below 32 centroids, int32 keys from it on
 def test_argmin_rows_matches_numpy_with_ties_and_signed_zeros(k):
     rng = np.random.default_rng(k)
@@ -162,9 +181,13 @@ def test_pq_encode_picks_the_nearest_codeword_and_residual_encoding_equals_it(nb
     np.testing.assert_array_equal(pq.encode_residuals(x, labels, coarse), pq.encode(x - coarse[labels]))
 
 
-def test_pq_training_one_subspace_per_thread_equals_kmeans_per_subspace():
+def test_pq_training_one_subspace_per_thread_equals_kmeans_per_subspace(monkeypatch):
     # 8-bit sub-quantizers train their sub-spaces on the threads at once, each k-means on one thread
-    x = clustered(1500, 32, 20, seed=4)
+    # duplicated rows leave clusters empty (split with Numba's per-thread random state), and small pieces make
+    # each assignment several products
+    monkeypatch.setattr(kmeans_module, "PIECE_DOTS_BYTES", 64 * 4 * 64)
+    monkeypatch.setattr(kmeans_module, "PIECE_MACS", 1)
+    x = np.repeat(clustered(100, 32, 20, seed=4), 15, axis=0)
     runs = []
     for threads in thread_counts():
         with numba_threads(threads):
@@ -182,7 +205,6 @@ def test_pq_encode_breaks_ties_to_the_first_codeword(nbits):
     pq = ProductQuantizer(16, 2, nbits).train(x, niter=2)
     ksub = 1 << nbits
     pq.codebooks[:, ksub - 1] = pq.codebooks[:, 1]  # codeword 1 and the last are the same
-    pq.codebooks[:, 0] = 0.0  # a zero codeword, at distance ||x||^2 (+0.0 or -0.0 in the kernel)
     rows = np.concatenate([pq.codebooks[0, 1], pq.codebooks[1, 1]])[None]
     np.testing.assert_array_equal(pq.encode(rows), [[1, 1]])
     dist = pq_distances(x, pq.codebooks)

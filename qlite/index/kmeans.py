@@ -34,12 +34,13 @@ def _order_key(bits):
 
 @njit(inline="always")
 def first_min(values, keys):
-    """Index of the first smallest of ``values`` (float32 [k], no NaN), as a scan with ``<`` finds it.
+    """Index of the first smallest of ``values`` (float32 [k]), as a scan with ``<`` finds it: NaN is never
+    the smallest (index 0 if every value is NaN).
 
     A float min needs fast-math to vectorise, which would also let LLVM reorder and contract the
     arithmetic around it; so the values go through order-preserving int32 keys (``keys``: scratch int32
     [k]), and an integer min and the smallest index holding it both vectorise.  -0.0 is made +0.0 first
-    (in ``values``, by adding +0.0), so the keys tie where the floats do.
+    (in ``values``, by adding +0.0), so the keys tie where the floats do; NaN gets the largest key.
     """
     k = values.shape[0]
     for j in range(k):
@@ -47,7 +48,7 @@ def first_min(values, keys):
     bits = values.view(np.int32)
     low = np.int32(0x7FFFFFFF)
     for j in range(k):
-        key = _order_key(bits[j])
+        key = _order_key(bits[j]) if values[j] == values[j] else np.int32(0x7FFFFFFF)
         keys[j] = key
         low = min(low, key)
     arg = np.int32(k)
