@@ -6,7 +6,7 @@ from numba import njit, prange
 
 from ..errors import QliteError
 from ..threads import run_pieces
-from .kmeans import ARGMIN_VECTOR_FROM, SMALL_K, first_min, kmeans, kmeans_subspaces
+from .kmeans import SMALL_K, first_min, kmeans, kmeans_subspaces
 
 
 @njit(parallel=True, cache=True)
@@ -38,18 +38,7 @@ def _encode_row(x, codebooks_t, c_norms, acc, keys, out):
             xv = np.float32(-2.0) * x[m * dsub + t]
             for j in range(ksub):
                 acc[j] += xv * codebooks_t[m, t, j]
-        if ksub >= ARGMIN_VECTOR_FROM:  # 8-bit: vectorised through int32 keys (kmeans.first_min)
-            out[m] = first_min(acc, keys)
-            continue
-        # the first smallest, by selects: a branch on each comparison mispredicts about once per row of a
-        # random 16-entry table (measured: encoding 4-bit codes took 2.2x as long with the branch)
-        best_value, best = acc[0], 0
-        for j in range(1, ksub):
-            value = acc[j]
-            smaller = value < best_value
-            best = j if smaller else best
-            best_value = value if smaller else best_value
-        out[m] = best
+        out[m] = first_min(acc, keys)
 
 
 @njit(parallel=True, cache=True)
