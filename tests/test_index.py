@@ -57,7 +57,7 @@ def test_first_min_matches_a_scan_on_any_bits():
             assert got == want, (k, values)
 
 
-@pytest.mark.parametrize("k", [16, 37, 256, 1024])  # the branchy scan below 32 centroids, int32 keys from it on
+@pytest.mark.parametrize("k", [16, 37, 256, 1024])  # selects below 32 centroids, int32 keys from it on
 def test_argmin_rows_matches_numpy_with_ties_and_signed_zeros(k):
     rng = np.random.default_rng(k)
     n = 300

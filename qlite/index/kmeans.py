@@ -40,8 +40,8 @@ def first_min(values, keys):
 
     Below ARGMIN_VECTOR_FROM values, one scan with selects.  From it on: a float min needs fast-math to
     vectorise, which would also let LLVM reorder and contract the arithmetic around it; so the values go
-    through order-preserving int32 keys (``keys``: scratch int32
-    [k]), and an integer min and the smallest index holding it both vectorise.  -0.0 is made +0.0 first
+    through order-preserving int32 keys (``keys``: scratch int32 [k]), and an integer min and the smallest
+    index holding it both vectorise.  -0.0 is made +0.0 first
     (in ``values``, by adding +0.0), so the keys tie where the floats do; NaN gets the largest key.
     """
     k = values.shape[0]
@@ -193,14 +193,17 @@ def _lloyd_small(x, centroids, niter, seed):
     """``niter`` Lloyd iterations on x float32 [n, d], updating centroids float32 [k, d] in place.
 
     The arithmetic of ``kmeans`` without BLAS: a row's k dot products accumulate over the d coordinates in
-    order (k lanes at once), then ||c||^2 - 2 x.c is compared; sums are float64 in row order; empty
-    clusters are split as ``kmeans`` splits them (``_split_empty`` with seed + iteration).
+    order (k lanes at once), then the first smallest ||c||^2 - 2 x.c is taken (``first_min``); sums are
+    float64 in row order; empty clusters are split as ``kmeans`` splits them (``_split_empty`` with seed +
+    iteration).
     """
     n, d = x.shape
     k = centroids.shape[0]
     ct = np.empty((d, k), np.float32)
     c_norms = np.empty(k, np.float32)
     dots = np.empty(k, np.float32)
+    dists = np.empty(k, np.float32)
+    keys = np.empty(k, np.int32)
     labels = np.empty(n, np.int64)
     for it in range(niter):
         for j in range(k):
@@ -215,14 +218,9 @@ def _lloyd_small(x, centroids, niter, seed):
                 v = x[i, t]
                 for j in range(k):
                     dots[j] += v * ct[t, j]
-            best = np.float32(np.inf)
-            arg = 0
             for j in range(k):
-                dist = c_norms[j] - np.float32(2.0) * dots[j]
-                if dist < best:
-                    best = dist
-                    arg = j
-            labels[i] = arg
+                dists[j] = c_norms[j] - np.float32(2.0) * dots[j]
+            labels[i] = first_min(dists, keys)
         sums = np.zeros((k, d))
         counts = np.zeros(k, np.int64)
         for i in range(n):
