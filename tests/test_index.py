@@ -9,7 +9,7 @@ from qlite.index.kmeans import _centroid_sums, assign, kmeans, kmeans_subspaces
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
-from qlite.threads import numba_threads
+from qlite.threads import SPLIT_FROM_MACS, numba_threads, piece_bounds
 
 from .oracles import (clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, pq_distances,
                       probe_oracle)
@@ -343,6 +343,20 @@ def test_lut_is_the_inner_product_table(data):
     want = np.einsum("qmd,mjd->qmj", q.reshape(len(q), 8, 4).astype(np.float64), pq.codebooks.astype(np.float64))
     assert lut.shape == (len(q), 8, 256) and lut.dtype == np.float32 and lut.flags.c_contiguous
     np.testing.assert_allclose(lut, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lut_of_a_large_batch_is_cut_for_the_threads_with_the_same_bits(data):
+    x, _ = data
+    pq = ProductQuantizer(32, 2, 8).train(x, niter=4)  # dsub 16 x 256 codewords: 8,192 MACs a query
+    q = np.random.default_rng(3).standard_normal((2500, 32)).astype(np.float32)
+    assert len(q) * 32 * 256 >= SPLIT_FROM_MACS and len(piece_bounds(len(q))) > 1  # the batch is cut
+    whole = np.empty((len(q), 2, 256), np.float32)
+    np.matmul(q.reshape(len(q), 2, 16).transpose(1, 0, 2), pq.codebooks.transpose(0, 2, 1),
+              out=whole.transpose(1, 0, 2))
+    for threads in thread_counts():
+        with numba_threads(threads):
+            np.testing.assert_array_equal(pq.lut_ip(q), whole)
+    np.testing.assert_array_equal(pq.lut_ip(q[:7]), whole[:7])  # each query's tables, whatever its batch
 
 
 @pytest.mark.parametrize("opq", [False, True])

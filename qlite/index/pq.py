@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
-from ..threads import run_pieces
+from ..threads import SPLIT_FROM_MACS, piece_bounds, run_pieces
 from .kmeans import SMALL_K, first_min, kmeans, kmeans_subspaces
 
 
@@ -127,6 +127,17 @@ class ProductQuantizer:
         q = np.ascontiguousarray(q, np.float32)
         nq = len(q)
         lut = np.empty((nq, self.M, self.ksub), np.float32)
-        np.matmul(q.reshape(nq, self.M, self.dsub).transpose(1, 0, 2), self.codebooks.transpose(0, 2, 1),
-                  out=lut.transpose(1, 0, 2))
+        codewords = self.codebooks.transpose(0, 2, 1)
+
+        def piece(bounds):
+            start, stop = bounds
+            np.matmul(q[start:stop].reshape(stop - start, self.M, self.dsub).transpose(1, 0, 2), codewords,
+                      out=lut[start:stop].transpose(1, 0, 2))
+
+        # a batch's tables are cut into pieces of queries for the threads (1,000 queries, M 24 x 256: 6.1 ms
+        # on one thread); each table is the same product of its own query, so the bits do not change
+        if nq * self.M * self.dsub * self.ksub < SPLIT_FROM_MACS:
+            piece((0, nq))
+        else:
+            run_pieces(piece, piece_bounds(nq))
         return lut
