@@ -113,6 +113,15 @@ def piece_bounds(length: int) -> list:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def run_split(work, length: int, macs: int) -> None:
+    """``work((start, stop))`` over ``range(length)``: whole below SPLIT_FROM_MACS multiply-adds, else in
+    ``piece_bounds(length)`` pieces that the threads run at once (see ``run_pieces``)."""
+    if macs < SPLIT_FROM_MACS:
+        work((0, length))
+    else:
+        run_pieces(work, piece_bounds(length))
+
+
 def matmul(a, b, out=None):
     """``a @ b`` for 2-d arrays, its output cut into pieces that the threads compute at once.
 
@@ -126,15 +135,12 @@ def matmul(a, b, out=None):
     m = b.shape[1]
     if out is None:
         out = np.empty((n, m), np.result_type(a, b))
-    if n * k * m < SPLIT_FROM_MACS:
-        return np.matmul(a, b, out=out)
     if n >= 2 * MIN_PIECE or n >= m:  # rows first: a piece of rows streams b once, with no strided writes
         def piece(bounds):
             np.matmul(a[bounds[0]:bounds[1]], b, out=out[bounds[0]:bounds[1]])
-        pieces = piece_bounds(n)
+        run_split(piece, n, n * k * m)
     else:
         def piece(bounds):
             np.matmul(a, b[:, bounds[0]:bounds[1]], out=out[:, bounds[0]:bounds[1]])
-        pieces = piece_bounds(m)
-    run_pieces(piece, pieces)
+        run_split(piece, m, n * k * m)
     return out

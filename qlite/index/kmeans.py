@@ -41,8 +41,8 @@ def first_min(values, keys):
     Below ARGMIN_VECTOR_FROM values, one scan with selects.  From it on: a float min needs fast-math to
     vectorise, which would also let LLVM reorder and contract the arithmetic around it; so the values go
     through order-preserving int32 keys (``keys``: scratch int32 [k]), and an integer min and the smallest
-    index holding it both vectorise.  -0.0 is made +0.0 first
-    (in ``values``, by adding +0.0), so the keys tie where the floats do; NaN gets the largest key.
+    index holding it both vectorise.  -0.0 is made +0.0 first (in ``values``, by adding +0.0), so the keys
+    tie where the floats do; NaN gets the largest key.
     """
     k = values.shape[0]
     if k < ARGMIN_VECTOR_FROM:

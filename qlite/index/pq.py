@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import QliteError
-from ..threads import SPLIT_FROM_MACS, piece_bounds, run_pieces
+from ..threads import run_pieces, run_split
 from .kmeans import SMALL_K, first_min, kmeans, kmeans_subspaces
 
 
@@ -136,8 +136,5 @@ class ProductQuantizer:
 
         # a batch's tables are cut into pieces of queries for the threads (1,000 queries, M 24 x 256: 4.4 ms
         # against 6-7 on one thread); each table is the same product of its own query, so the bits do not change
-        if nq * self.M * self.dsub * self.ksub < SPLIT_FROM_MACS:
-            piece((0, nq))
-        else:
-            run_pieces(piece, piece_bounds(nq))
+        run_split(piece, nq, nq * self.M * self.dsub * self.ksub)
         return lut
