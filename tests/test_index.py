@@ -5,7 +5,7 @@ from qlite.errors import QliteError
 from qlite.index.flat import flat_search
 from qlite.index.ivfpq import PROBE_STRETCH, IVFPQIndex, IVFPQParams
 from qlite.index import kmeans as kmeans_module
-from qlite.index.kmeans import _centroid_sums, assign, kmeans, kmeans_subspaces
+from qlite.index.kmeans import _centroid_sums, assign, kmeans, kmeans_subspaces, subtract_centroids
 from qlite.index.pq import ProductQuantizer
 from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
@@ -113,6 +113,16 @@ def test_kmeans_objective_no_worse_than_numpy_lloyd_and_deterministic():
     assert all(b <= a * (1 + 1e-5) for a, b in zip(obj, obj[1:]))  # Lloyd never goes up
     c2 = kmeans(x, 10, niter=15, seed=5)
     np.testing.assert_array_equal(c, c2)
+
+
+def test_residuals_in_place_equal_numpy_subtraction():
+    x = clustered(300, 24, 7, seed=8)
+    centroids = kmeans(x, 7, niter=3)
+    labels = np.random.default_rng(1).integers(0, 7, len(x))
+    want = x - centroids[labels]
+    got = x.copy()
+    assert subtract_centroids(got, centroids, labels) is got  # in place
+    np.testing.assert_array_equal(got, want)
 
 
 def test_kmeans_repairs_empty_clusters():

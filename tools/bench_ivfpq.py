@@ -135,6 +135,8 @@ def child(a):
     if a.child.startswith("faiss"):
         import faiss
         faiss.omp_set_num_threads(a.child_threads)
+    else:
+        import qlite.index.ivfpq  # noqa: F401 (imported before the clock, as faiss is: Numba's import is not building)
     x = Cache(a.cache).embeddings
     q = np.load(a.query_file)
     truth = np.load(a.truth_file)

@@ -306,6 +306,17 @@ def assign(x, centroids, c_norms=None, x_norms=None, serial=False):
     return labels, dists
 
 
+@njit(nogil=True, cache=True)
+def subtract_centroids(x, centroids, labels):
+    """x[i] -= centroids[labels[i]] in place (x float32 [n, d]): the residuals, without the gathered
+    centroids and the difference as two fresh [n, d] temporaries.  Returns x."""
+    for i in range(x.shape[0]):
+        c = centroids[labels[i]]
+        for t in range(x.shape[1]):
+            x[i, t] -= c[t]
+    return x
+
+
 def sample_rows(n, k, max_points_per_centroid, rng):
     """Training subsample (sorted, for memmap locality): at most k * max_points_per_centroid rows."""
     cap = k * max_points_per_centroid
