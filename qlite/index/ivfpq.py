@@ -147,8 +147,8 @@ class IVFPQIndex:
         # the residual quantizer is trained on residuals of a subsample of (at most 256 x ksub) rows
         rows = sample_rows(len(source), self.pq.ksub, p.max_points_per_centroid, rng)
         x = np.ascontiguousarray(source[rows], np.float32)
-        # the norms a block of rows at a time (each row's norm is the same): no [n, d] temporary of squares,
-        # whose fresh pages cost 0.1 s at 27k x 384 on this machine
+        # the norms a block of rows at a time (a row's norm comes out as it does whole): no [n, d] temporary of
+        # squares, whose fresh pages cost 0.1 s at 27k x 384 on this machine
         norms = np.concatenate([np.linalg.norm(x[s:s + NORM_BLOCK], axis=1) for s in range(0, len(x), NORM_BLOCK)])
         self.probe_scale = PROBE_STRETCH * float(norms.astype(np.float64).mean())
         # PQ k-means alternates small products (16-d sub-spaces) with Numba passes: one BLAS thread
