@@ -16,6 +16,18 @@ def lloyd(x, init, niter):
     return c, d.min(1).sum()
 
 
+def fma_dots_oracle(x, c):
+    """x [n, d] . c [k, d] in float32, each dot s = fma(x[t], c[t], s) from s = 0, t ascending.
+
+    A product of float32s is exact in float64, and its sum with s is rounded once to float64, then to float32: twice
+    where fma rounds once, which differs only in halfway cases that these tests' values do not meet."""
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    s = np.zeros((len(x), len(c)), np.float32)
+    for t in range(x.shape[1]):
+        s = (x64[:, t, None] * c64[None, :, t] + s).astype(np.float32)
+    return s
+
+
 def pq_decode(codes, codebooks):
     return np.concatenate([codebooks[m][codes[:, m]] for m in range(codebooks.shape[0])], axis=1)
 

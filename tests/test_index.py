@@ -11,18 +11,19 @@ from qlite.index.topk import heap_offer, heap_sort_desc
 from qlite.index.store import load_index, save_index
 from qlite.threads import SPLIT_FROM_MACS, numba_threads, piece_bounds
 
-from .oracles import (clustered, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode, pq_distances,
-                      probe_oracle)
+from .oracles import (clustered, fma_dots_oracle, ivfpq_adc_oracle, l2_list_term_oracle, lloyd, pq_decode,
+                      pq_distances, probe_oracle)
 from .support import thread_counts
 
 
-@pytest.mark.parametrize("piece_bytes", [1 << 20, 37 * 4 * 64])  # one piece; 47 pieces of 64 rows
-def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_bytes):
-    monkeypatch.setattr(kmeans_module, "PIECE_DOTS_BYTES", piece_bytes)
+@pytest.mark.parametrize("k", [37, 48])  # BLAS's products; fma_dot_tile's (k a multiple of TILE_LANES)
+@pytest.mark.parametrize("piece_rows", [3000, 64])  # one piece; 47 pieces of 64 rows
+def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_rows, k):
+    monkeypatch.setattr(kmeans_module, "PIECE_DOTS_BYTES", piece_rows * 4 * k)
     monkeypatch.setattr(kmeans_module, "PIECE_MACS", 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 12)).astype(np.float32)
-    c = rng.standard_normal((37, 12)).astype(np.float32)
+    c = rng.standard_normal((k, 12)).astype(np.float32)
     full = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
     runs = []
     for threads in thread_counts():
@@ -78,6 +79,33 @@ def test_argmin_rows_matches_numpy_with_ties_and_signed_zeros(k):
     np.testing.assert_array_equal(labels, d.argmin(1))  # NumPy's: the first smallest, -0.0 equal to +0.0
     np.testing.assert_array_equal(dists, np.maximum(d.min(1) + x_norms, 0))
     assert (labels[:100] == 2).all() and (labels[100:200] == 3).all()
+
+
+@pytest.mark.parametrize("n, d, k", [(1003, 16, 256), (6, 8, 32), (3, 32, 64), (401, 1, 48), (64, 23, 16)])
+def test_assign_by_tiles_is_the_argmin_of_the_fma_dots(n, d, k):
+    # small d, k a multiple of TILE_LANES: assign takes fma_argmin_tile's winners (tail rows in a padded tile),
+    # which must be _argmin_rows' on the fma chains' dots: the same bits, ties and NaNs as every other path
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    c = (rng.standard_normal((k, d)) * 10.0 ** rng.integers(-3, 4, (k, 1))).astype(np.float32)
+    c[k // 2] = c[1]  # an exact tie: the first index wins
+    c[k - 1] = c[k - 2] = np.nan  # never the nearest
+    x[2] = np.nan  # every distance NaN: label 0
+    x[1, 0] = np.inf  # distances of +-inf and NaN
+    x_norms = np.einsum("ij,ij->i", x, x)
+    c_norms = (c * c).sum(1)
+    dots = fma_dots_oracle(x, c)
+    if d > 1:  # the oracle's chain is not a float64 product rounded once (so the test tells the two apart)
+        assert not np.array_equal(dots, (x.astype(np.float64) @ c.T.astype(np.float64)).astype(np.float32))
+    want_labels, want_dists = np.empty(n, np.int64), np.empty(n, np.float32)
+    kmeans_module._argmin_rows(dots, x_norms, c_norms, want_labels, want_dists, 0)
+    labels, dists = assign(x, c, c_norms=c_norms, x_norms=x_norms)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(dists, want_dists)
+    finite = np.isfinite(x).all(1)
+    full = ((x[finite, None].astype(np.float64) - c[None, :k - 2]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels[finite], full.argmin(1))
+    assert labels[2] == 0 and (labels != k // 2).all() and (labels < k - 2).all()
 
 
 def test_centroid_sums_match_numpy_whatever_the_threads():

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from ..errors import QliteError
 from ..threads import run_pieces
+from .simd import TILE_LANES, TILE_ROWS, fma_argmin_tile
 
 # a piece of rows gets its product and argmin from one thread: at most this many bytes of products, so they
 # are read back from the last-level cache (the old blocks of 16,384 rows wrote 64 MB at k 1024 to memory
@@ -25,6 +26,11 @@ PIECE_MACS = 1 << 22
 # below this many values first_min scans with selects; from it on, it goes through int32 keys, which vectorise
 # (k 16: 0.026 ms a 2,048-row argmin against 0.036 ms through keys)
 ARGMIN_VECTOR_FROM = 32
+
+# up to this many dimensions (a PQ sub-space: 16 by default), and for k a multiple of TILE_LANES, assign finds the
+# nearest centroids with fma_argmin_tile instead of a BLAS product and _argmin_rows: a [rows, 16] x [16, 256] product
+# writes a float for every 16 multiply-adds, and the argmin reads it back
+TILE_MAX_D = 32
 
 
 @njit(inline="always")
@@ -82,6 +88,29 @@ def _argmin_rows(dots, x_norms, c_norms, labels, dists, start):
         arg = first_min(row, keys)
         labels[start + i] = arg
         dists[start + i] = max(row[arg] + x_norms[i], 0.0)
+
+
+@njit(nogil=True, cache=True)
+def _assign_tiles(x, centroids_t, x_norms, c_norms, labels, dists, start):
+    """``_argmin_rows`` of x [n, d] against centroids_t [d, k] (k a multiple of TILE_LANES): the same labels and
+    distances from ``fma_argmin_tile``, whose x.c are chains of fused multiply-adds over the coordinates in order
+    (the same on every machine; on this project's, OpenBLAS's products of these shapes are the same chains, so the
+    stored indexes rebuilt equal).  The last n % TILE_ROWS rows go through a tile padded with zero rows."""
+    n, d = x.shape
+    scratch = np.empty((TILE_ROWS, centroids_t.shape[1]), np.float32)
+    best = np.empty(TILE_ROWS, np.float32)
+    arg = np.empty(TILE_ROWS, np.int32)
+    tail = np.zeros((TILE_ROWS, d), np.float32)
+    for i in range(0, n, TILE_ROWS):
+        rows = min(TILE_ROWS, n - i)
+        if rows == TILE_ROWS:
+            fma_argmin_tile(x, i, centroids_t, c_norms, scratch, best, arg)
+        else:
+            tail[:rows] = x[i:]
+            fma_argmin_tile(tail, 0, centroids_t, c_norms, scratch, best, arg)
+        for r in range(rows):
+            labels[start + i + r] = arg[r]
+            dists[start + i + r] = max((best[r] + np.float32(0.0)) + x_norms[i + r], 0.0)  # -0.0 made +0.0
 
 
 @njit(inline="always")
@@ -288,14 +317,18 @@ def assign(x, centroids, c_norms=None, x_norms=None, serial=False):
     k = len(centroids)
     labels = np.empty(n, np.int64)
     dists = np.empty(n, np.float32)
-    centroids_t = centroids.T
+    tiles = d <= TILE_MAX_D and k % TILE_LANES == 0
+    centroids_t = np.ascontiguousarray(centroids.T) if tiles else centroids.T
     rows = max(1, min(n, PIECE_DOTS_BYTES // (4 * k)))  # products held in cache ...
     rows = max(rows, -(-PIECE_MACS // max(1, d * k)))  # ... unless a piece would be too small to hand over
 
     def piece(start):
         xb = np.ascontiguousarray(x[start:start + rows])
         xn = x_norms[start:start + rows] if x_norms is not None else np.einsum("ij,ij->i", xb, xb)
-        _argmin_rows(xb @ centroids_t, xn, c_norms, labels, dists, start)
+        if tiles:
+            _assign_tiles(xb, centroids_t, xn, c_norms, labels, dists, start)
+        else:
+            _argmin_rows(xb @ centroids_t, xn, c_norms, labels, dists, start)
 
     starts = range(0, n, rows)
     if serial:

@@ -1,8 +1,10 @@
-"""LLVM intrinsics reached from Numba: the AVX2 byte shuffle of the 4-bit scan, and a cache prefetch.
+"""LLVM intrinsics reached from Numba: the AVX2 byte shuffle of the 4-bit scan, a nearest-centroid tile of fused
+multiply-add dot products for k-means in small dimensions, and a cache prefetch.
 
 Numba has no vector types, so these are written as LLVM IR with ``numba.extending.intrinsic``.
 The AVX2 kernel is compiled only when the host CPU has AVX2 (``HAS_AVX2``); callers choose between
-it and the portable pure-Numba kernel, which gives the same integers.
+it and the portable pure-Numba kernel, which gives the same integers.  The dot-product tile uses LLVM's
+target-independent ``llvm.fma`` on 8-float vectors, which every target computes exactly (fused, one rounding).
 """
 from __future__ import annotations
 
@@ -109,6 +111,121 @@ def nibble_block_sums_avx2(typingctx, codes, b, qlut, out, threshold):
             passing = builder.bitcast(builder.icmp_unsigned(">=", lanes, thr), i16)
             mask = builder.or_(mask, builder.shl(builder.zext(passing, i32), ir.Constant(i32, 16 * h)))
         return mask
+
+    return sig, codegen
+
+
+# fma_argmin_tile works on TILE_ROWS rows at a time and TILE_LANES centroids at a time: two 8-float
+# accumulators a row, 8 vector registers
+TILE_ROWS = 4
+TILE_LANES = 16
+
+
+@intrinsic
+def fma_argmin_tile(typingctx, x, i, ct, c_norms, dists, best, arg):
+    """The nearest centroids of rows x[i:i + TILE_ROWS]: best[r] / arg[r] = the smallest ||c_j||^2 - 2 x.c_j over the
+    centroids j, and the first j that has it.
+
+    x: float32 [n, d], ct: float32 [d, k] (the centroids transposed; k a multiple of TILE_LANES), c_norms: float32
+    [k], dists: float32 [TILE_ROWS, k] (scratch: the rows' distances), best: float32 [TILE_ROWS], arg: int32
+    [TILE_ROWS], all C-contiguous; the caller guarantees i + TILE_ROWS <= n.  Each x.c is a chain
+    of fused multiply-adds over the coordinates in order, from zero (s = fma(x[t], c[t], s)), and each distance is
+    rounded as ``c_norms[j] - 2 * s`` is in float32.  NaN is never the smallest (a row of NaNs gets NaN and j 0);
+    -0.0 and +0.0 are equal (the first of them wins).
+
+    The dot products of a tile of TILE_ROWS rows by TILE_LANES centroids stay in registers (8 accumulators), so no
+    product goes through memory before its distance does: a BLAS product of [n, 16] by [16, 256] writes a float for
+    every 16 multiply-adds, and the argmin reads it back.  Then each row keeps 16 running winners in registers over
+    its distances (still in L1), and the 16 are folded into one.
+    """
+    arrays = (x, ct, c_norms, dists, best, arg)
+    ok = (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+          and all(a.dtype == types.float32 for a in arrays[:-1]) and arg.dtype == types.int32
+          and [a.ndim for a in arrays] == [2, 2, 1, 2, 1, 1] and isinstance(i, types.Integer))
+    if not ok:
+        return None
+    sig = types.void(x, i, ct, c_norms, dists, best, arg)
+
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v8, v8i = ir.VectorType(ir.FloatType(), 8), ir.VectorType(i32, 8)
+        xa, ca, na, da, ba, aa = (cgutils.create_struct_proxy(signature.args[n])(context, builder, value=args[n])
+                                  for n in (0, 2, 3, 4, 5, 6))
+        i0 = builder.sext(args[1], i64) if args[1].type.width < 64 else args[1]
+        d = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        k = cgutils.unpack_tuple(builder, ca.shape, 2)[1]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32")
+        zero, two = ir.Constant(v8, [0.0] * 8), ir.Constant(v8, [2.0] * 8)
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        def load_v(ptr, at, kind=v8):
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), ir.PointerType(kind)), align=4)
+
+        def store_v(value, ptr, at):
+            builder.store(value, builder.bitcast(builder.gep(ptr, [at]), ir.PointerType(value.type)), align=4)
+
+        def broadcast(value, kind):
+            undef = ir.Constant(kind, ir.Undefined)
+            return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef,
+                                          ir.Constant(v8i, [0] * 8))
+
+        def keep(v, j, old_v, old_j, earlier=True):
+            """The winners of (v, j) and (old_v, old_j), lane by lane: smaller, or a number after NaN (NaN is never
+            the smallest), or (``earlier``) equal at a smaller j.  Without ``earlier``, j only grows, so ties keep."""
+            take = builder.or_(builder.fcmp_ordered("<", v, old_v), builder.and_(
+                builder.fcmp_unordered("uno", old_v, old_v), builder.fcmp_ordered("ord", v, v)))
+            if earlier:
+                take = builder.or_(take, builder.and_(builder.fcmp_ordered("==", v, old_v),
+                                                      builder.icmp_signed("<", j, old_j)))
+            return builder.select(take, v, old_v), builder.select(take, j, old_j)
+
+        # every running value is an alloca in the entry block, which LLVM keeps in a register (mem2reg)
+        halves = [(r, h) for r in range(TILE_ROWS) for h in range(2)]
+        accs = {rh: cgutils.alloca_once_value(builder, zero) for rh in halves}
+        rows = [builder.mul(builder.add(i0, const(r)), d) for r in range(TILE_ROWS)]
+        tiles = builder.udiv(k, const(TILE_LANES))
+        with cgutils.for_range(builder, tiles) as tile:  # the distances, TILE_LANES centroids at a time
+            j0 = builder.mul(tile.index, const(TILE_LANES))
+            for rh in halves:
+                builder.store(zero, accs[rh])
+            with cgutils.for_range(builder, d) as t:
+                col = builder.add(builder.mul(t.index, k), j0)
+                cv = [load_v(ca.data, builder.add(col, const(8 * h))) for h in range(2)]
+                for r in range(TILE_ROWS):
+                    xv = broadcast(builder.load(builder.gep(xa.data, [builder.add(rows[r], t.index)])), v8)
+                    for h in range(2):
+                        builder.store(builder.call(fma, [xv, cv[h], builder.load(accs[r, h])]), accs[r, h])
+            for h in range(2):
+                at = builder.add(j0, const(8 * h))
+                cn = load_v(na.data, at)
+                for r in range(TILE_ROWS):
+                    dist = builder.fsub(cn, builder.fmul(two, builder.load(accs[r, h])))
+                    store_v(dist, da.data, builder.add(builder.mul(const(r), k), at))
+        # each row's 16 running winners (j = lane mod 16) over its distances, still in L1: 8 independent chains
+        win = {rh: (cgutils.alloca_once(builder, v8), cgutils.alloca_once(builder, v8i)) for rh in halves}
+        for r, h in halves:
+            builder.store(ir.Constant(v8, [float("nan")] * 8), win[r, h][0])
+            builder.store(ir.Constant(v8i, list(range(8 * h, 8 * h + 8))), win[r, h][1])
+        with cgutils.for_range(builder, tiles) as tile:
+            j0 = builder.mul(tile.index, const(TILE_LANES))
+            for h in range(2):
+                at = builder.add(j0, const(8 * h))
+                lanes = builder.add(broadcast(builder.trunc(at, i32), v8i), ir.Constant(v8i, list(range(8))))
+                for r in range(TILE_ROWS):
+                    dist = load_v(da.data, builder.add(builder.mul(const(r), k), at))
+                    v, j = keep(dist, lanes, builder.load(win[r, h][0]), builder.load(win[r, h][1]), earlier=False)
+                    builder.store(v, win[r, h][0])
+                    builder.store(j, win[r, h][1])
+        for r in range(TILE_ROWS):  # the 16 folded into one: 8 + 8, then lanes [w:2w] against [0:w]
+            v, j = keep(*(builder.load(p) for p in win[r, 1] + win[r, 0]))
+            for width in (4, 2, 1):
+                pick = ir.Constant(v8i, [width + lane if lane < width else lane for lane in range(8)])
+                v, j = keep(builder.shuffle_vector(v, v, pick), builder.shuffle_vector(j, j, pick), v, j)
+            builder.store(builder.extract_element(v, ir.Constant(i32, 0)), builder.gep(ba.data, [const(r)]))
+            builder.store(builder.extract_element(j, ir.Constant(i32, 0)), builder.gep(aa.data, [const(r)]))
+        return context.get_dummy_value()
 
     return sig, codegen
 
