@@ -103,11 +103,13 @@ def _assign_tiles(x, centroids_t, x_norms, c_norms, labels, dists, start):
     tail = np.zeros((TILE_ROWS, d), np.float32)
     for i in range(0, n, TILE_ROWS):
         rows = min(TILE_ROWS, n - i)
-        if rows == TILE_ROWS:
-            fma_argmin_tile(x, i, centroids_t, c_norms, scratch, best, arg)
-        else:
-            tail[:rows] = x[i:]
-            fma_argmin_tile(tail, 0, centroids_t, c_norms, scratch, best, arg)
+        source, at = x, i
+        if rows < TILE_ROWS:
+            for r in range(rows):  # element by element: a slice assignment compiles a broadcast error path (1 s)
+                for t in range(d):
+                    tail[r, t] = x[i + r, t]
+            source, at = tail, 0
+        fma_argmin_tile(source, at, centroids_t, c_norms, scratch, best, arg)  # one call site: half the compile time
         for r in range(rows):
             labels[start + i + r] = arg[r]
             dists[start + i + r] = max((best[r] + np.float32(0.0)) + x_norms[i + r], 0.0)  # -0.0 made +0.0
