@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..threads import run_split
+
 BLOCK = 32
 
 
@@ -62,35 +64,39 @@ def slots_of_rows(list_rows, nrows):
     return row_slot
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
+def _pack_blocks(codes_by_row, list_rows, out, nibbles, start, stop):
+    """Blocks start <= b < stop of ``out`` from codes_by_row [N, M] (padding slots keep code 0)."""
+    M = codes_by_row.shape[1]
+    for b in range(start, stop):
+        for j in range(BLOCK):
+            r = list_rows[b * BLOCK + j]
+            if r >= 0:
+                for m in range(M):
+                    if nibbles:
+                        set_nibble(out, b, m, j, codes_by_row[r, m])
+                    else:
+                        out[b, m, j] = codes_by_row[r, m]
+
+
+def _pack(codes_by_row, list_rows, nibbles):
+    # a block's lanes share bytes in the nibble layout, so the threads take whole blocks; a serial kernel run in
+    # pieces compiles in a fraction of a parallel one's time (1.4 s of a first build)
+    M = codes_by_row.shape[1]
+    nblocks = list_rows.shape[0] // BLOCK
+    out = np.zeros((nblocks, packed_width(M, nibbles), BLOCK), np.uint8)
+    run_split(lambda bounds: _pack_blocks(codes_by_row, list_rows, out, nibbles, *bounds), nblocks, out.size * 8)
+    return out
+
+
 def pack_bytes(codes_by_row, list_rows):
-    """Byte layout uint8 [nblocks, M, 32] from codes_by_row [N, M] (padding slots get code 0)."""
-    M = codes_by_row.shape[1]
-    nblocks = list_rows.shape[0] // BLOCK
-    out = np.zeros((nblocks, M, BLOCK), np.uint8)
-    for b in prange(nblocks):
-        for j in range(BLOCK):
-            r = list_rows[b * BLOCK + j]
-            if r >= 0:
-                for m in range(M):
-                    out[b, m, j] = codes_by_row[r, m]
-    return out
+    """Byte layout uint8 [nblocks, M, 32] from codes_by_row uint8 [N, M] (padding slots get code 0)."""
+    return _pack(codes_by_row, list_rows, False)
 
 
-@njit(parallel=True, cache=True)
 def pack_nibbles(codes_by_row, list_rows):
-    """Nibble layout uint8 [nblocks, ceil(M / 2), 32] from codes_by_row [N, M] (values < 16)."""
-    M = codes_by_row.shape[1]
-    P = (M + 1) // 2
-    nblocks = list_rows.shape[0] // BLOCK
-    out = np.zeros((nblocks, P, BLOCK), np.uint8)
-    for b in prange(nblocks):
-        for j in range(BLOCK):
-            r = list_rows[b * BLOCK + j]
-            if r >= 0:
-                for m in range(M):
-                    set_nibble(out, b, m, j, codes_by_row[r, m])
-    return out
+    """Nibble layout uint8 [nblocks, ceil(M / 2), 32] from codes_by_row uint8 [N, M] (values < 16)."""
+    return _pack(codes_by_row, list_rows, True)
 
 
 @njit(inline="always")
