@@ -158,11 +158,10 @@ def _merge_one(heap_s, heap_r, heap_n, qi, sort, hs, hr):
         for i in range(n):
             size = heap_offer(hs, hr, size, bs[i], br[i])
         heap_sort_desc(hs, hr, size)
-    else:
-        hs[:n] = bs[:n]
-        hr[:n] = br[:n]
-        hs[n:] = -np.inf
-        hr[n:] = -1
+    else:  # element by element: a slice assignment compiles NumPy's broadcast error path (about 2 s at first use)
+        for i in range(k):
+            hs[i] = bs[i] if i < n else -np.inf
+            hr[i] = br[i] if i < n else -1
 
 @njit(parallel=True, cache=True)
 def merge_parts(heap_s, heap_r, heap_n, k, sort=True):
