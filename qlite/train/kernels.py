@@ -160,7 +160,9 @@ def adc_scores(lut, list_dots, slot, codes):
     out = np.empty((C, B), np.float32)
     for c in prange(C):
         row = out[c]
-        row[:] = list_dots[slot[c]]
+        dots = list_dots[slot[c]]
+        for b in range(B):  # element by element: a slice assignment compiles NumPy's broadcast error path
+            row[b] = dots[b]
         for m in range(M):
             t = lut[m, codes[c, m]]
             for b in range(B):
