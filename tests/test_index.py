@@ -16,7 +16,7 @@ from .oracles import (clustered, fma_dots_oracle, ivfpq_adc_oracle, l2_list_term
 from .support import thread_counts
 
 
-@pytest.mark.parametrize("k", [37, 48])  # BLAS's products; fma_dot_tile's (k a multiple of TILE_LANES)
+@pytest.mark.parametrize("k", [37, 48])  # BLAS's products; fma_argmin_tile's (k a multiple of TILE_LANES)
 @pytest.mark.parametrize("piece_rows", [3000, 64])  # one piece; 47 pieces of 64 rows
 def test_assign_matches_bruteforce_in_pieces_and_threads(monkeypatch, piece_rows, k):
     monkeypatch.setattr(kmeans_module, "PIECE_DOTS_BYTES", piece_rows * 4 * k)
@@ -217,6 +217,34 @@ def test_pq_encode_picks_the_nearest_codeword_and_residual_encoding_equals_it(nb
     coarse = kmeans(x, 8, niter=3)
     labels = np.random.default_rng(0).integers(0, 8, len(x))
     np.testing.assert_array_equal(pq.encode_residuals(x, labels, coarse), pq.encode(x - coarse[labels]))
+
+
+def test_pq_encode_decode_and_byte_packing_in_pieces_on_any_threads(monkeypatch):
+    # serial kernels run on the threads in pieces of rows (blocks for the packing): the same bits as one piece
+    from qlite import threads as threads_module
+    from qlite.index.layout import BLOCK, block_layout, pack_bytes
+
+    x = clustered(3000, 32, 20, seed=5)
+    pq = ProductQuantizer(32, 4, 8).train(x, niter=3)
+    coarse = kmeans(x, 8, niter=3)
+    labels = np.random.default_rng(1).integers(0, 8, len(x))
+    _, _, list_rows = block_layout(labels, 8)
+    whole = [pq.encode(x), pq.encode_residuals(x, labels, coarse)]
+    whole += [pq.decode(whole[0]), pack_bytes(whole[1], list_rows)]
+    want = np.zeros_like(whole[3])  # the layout's oracle: slot s = block s // 32, lane s % 32
+    for slot, row in enumerate(list_rows):
+        if row >= 0:
+            want[slot // BLOCK, :, slot % BLOCK] = whole[1][row]
+    np.testing.assert_array_equal(whole[3], want)
+    monkeypatch.setattr(threads_module, "SPLIT_FROM_MACS", 1)
+    monkeypatch.setattr(threads_module, "MIN_PIECE", 1)  # pieces of rows and of blocks, several per thread
+    for threads in thread_counts():
+        with numba_threads(threads):
+            codes = pq.encode(x)
+            got = [codes, pq.encode_residuals(x, labels, coarse), pq.decode(codes)]
+            got.append(pack_bytes(got[1], list_rows))
+        for a, b in zip(got, whole):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_pq_training_one_subspace_per_thread_equals_kmeans_per_subspace(monkeypatch):
