@@ -313,8 +313,8 @@ def assign(x, centroids, c_norms=None, x_norms=None, serial=False):
     """
     x = np.asarray(x, np.float32)
     centroids = np.ascontiguousarray(centroids, np.float32)
-    if c_norms is None:
-        c_norms = (centroids * centroids).sum(1)
+    # float32 and contiguous whatever the caller passed: fma_argmin_tile reads them as 8-float vectors
+    c_norms = np.ascontiguousarray((centroids * centroids).sum(1) if c_norms is None else c_norms, np.float32)
     n, d = x.shape
     k = len(centroids)
     labels = np.empty(n, np.int64)
