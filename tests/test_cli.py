@@ -94,6 +94,8 @@ def test_index_build_search_trec_and_eval_columns(tmp_path, tiny_model):
     assert r.exit_code == 0, r.output
     assert "nlist 4, M 8 x 8 bit, OPQ" in r.output and "16x smaller" in r.output
     assert (tmp_path / "corpus.qlite.ivfpq.h5").exists()
+    r = run("index", "build", cache, "--nlist", 4, "--nbits", 4, "--niter", 4, "--out", tmp_path / "four.h5", "--quiet")
+    assert r.exit_code == 0 and " x 4 bit, OPQ" in r.output and "64x smaller" in r.output  # twice M: the same bytes
 
     r = run("search", cache, docs[6]["title"], "-k", 3)
     assert r.exit_code == 0, r.output

@@ -556,6 +556,11 @@ def test_default_parameters():
     assert p.m == 24 and p.nlist == 128 and p.bytes_per_vector == 24  # 4 sqrt(N) = 288, capped at N / 39
     assert IVFPQParams.defaults_for(1_000_000, 384).nlist == 4096
     assert IVFPQParams.defaults_for(100, 384).nlist == 2
+    # 4-bit codes are packed two per byte: twice the sub-spaces keep the same 24 bytes (64x) by default
+    four = IVFPQParams.defaults_for(5183, 384, nbits=4)
+    assert four.m == 48 and four.bytes_per_vector == 24
+    assert IVFPQParams.defaults_for(5183, 384, nbits=4, m=24).bytes_per_vector == 12  # an explicit M wins
+    assert IVFPQParams.defaults_for(5183, 384, nbits=6).m == 24
 
 
 @pytest.mark.parametrize("l2", [False, True])

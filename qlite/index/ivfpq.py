@@ -80,11 +80,16 @@ class IVFPQParams:
 
     @classmethod
     def defaults_for(cls, n: int, dim: int, **overrides) -> "IVFPQParams":
-        """nlist ~ 4 sqrt(N) (a power of two, at most N / 39 so k-means has data), M = d / 16 (64x)."""
+        """nlist ~ 4 sqrt(N) (a power of two, at most N / 39 so k-means has data); M gives d / 16 code bytes
+        (64x smaller than float32): d / 16 one-byte codes, or d / 8 codes of at most 4 bits (two per byte)."""
         # faiss warns below 39 training points per centroid: stay above it on small corpora
         log2 = min(round(math.log2(max(1.0, 4 * math.sqrt(n)))), int(math.log2(max(1, n // 39))))
         nlist = 1 << max(0, log2)
-        m = dim // 16 if dim % 16 == 0 and dim >= 16 else next(m for m in range(min(dim, 64), 0, -1) if dim % m == 0)
+        nbits = overrides.get("nbits") or cls.nbits
+        per_byte = 2 if nbits <= 4 else 1  # codes stored per byte (see ``nibbles``)
+        width = 16 // per_byte  # dimensions per sub-space
+        m = (dim // width if dim % width == 0 and dim >= width
+             else next(m for m in range(min(dim, 64 * per_byte), 0, -1) if dim % m == 0))
         values = {"dim": dim, "nlist": nlist, "m": m}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
