@@ -138,7 +138,8 @@ def index_group():
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
               help="Index file (default: next to the cache, CACHE name + .ivfpq.h5).")
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="Inverted lists (default ~4 sqrt(N)).")
-@click.option("--m", "m", type=click.IntRange(min=1), default=None, help="PQ sub-spaces (default d/16 with 8-bit codes, d/8 with 4-bit: 64x smaller).")
+@click.option("--m", "m", type=click.IntRange(min=1), default=None,
+              help="PQ sub-spaces (default d/16 with 8-bit codes, d/8 with 4-bit: 64x smaller).")
 @click.option("--nbits", type=click.IntRange(1, 8), default=None,
               help="Bits per sub-space code (default 8; 4 packs two codes per byte and scans with fast-scan).")
 @click.option("--opq/--no-opq", default=None, help="Learn an OPQ rotation (default on).")
