@@ -65,6 +65,11 @@ SEED_FROM = 4
 PROBE_STRETCH = 2.0
 
 
+def stores_nibbles(nbits: int) -> bool:
+    """Sub-codes of at most 4 bits are stored two per byte and scanned with fast-scan."""
+    return nbits <= 4
+
+
 @dataclass(frozen=True)
 class IVFPQParams:
     dim: int
@@ -85,8 +90,7 @@ class IVFPQParams:
         # faiss warns below 39 training points per centroid: stay above it on small corpora
         log2 = min(round(math.log2(max(1.0, 4 * math.sqrt(n)))), int(math.log2(max(1, n // 39))))
         nlist = 1 << max(0, log2)
-        nbits = overrides.get("nbits") or cls.nbits
-        per_byte = 2 if nbits <= 4 else 1  # codes stored per byte (see ``nibbles``)
+        per_byte = 2 if stores_nibbles(overrides.get("nbits") or cls.nbits) else 1  # codes stored per byte
         width = 16 // per_byte  # dimensions per sub-space
         m = (dim // width if dim % width == 0 and dim >= width
              else next(m for m in range(min(dim, 64 * per_byte), 0, -1) if dim % m == 0))
@@ -110,8 +114,7 @@ class IVFPQParams:
 
     @property
     def nibbles(self) -> bool:
-        """Sub-codes of at most 4 bits are stored two per byte and scanned with fast-scan."""
-        return self.nbits <= 4
+        return stores_nibbles(self.nbits)
 
     @property
     def bytes_per_vector(self) -> float:
