@@ -137,7 +137,8 @@ def index_group():
 @cache_argument
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
               help="Index file (default: next to the cache, CACHE name + .ivfpq.h5).")
-@click.option("--nlist", type=click.IntRange(min=1), default=None, help="Inverted lists (default ~4 sqrt(N)).")
+@click.option("--nlist", type=click.IntRange(min=1), default=None,
+              help="Inverted lists (default: the power of two nearest 4 sqrt(N), at most N/39).")
 @click.option("--m", "m", type=click.IntRange(min=1), default=None,
               help="PQ sub-spaces (default d/16 with 8-bit codes, d/8 with 4-bit: 64x smaller).")
 @click.option("--nbits", type=click.IntRange(1, 8), default=None,
