@@ -17,7 +17,9 @@ from qlite.train.candidates import build_candidates, first_seen
 from qlite.train.config import TrainConfig, lr_factor, pseudo_sources
 from qlite.encoder.queries import encode_queries, query_encoder
 from qlite.progress import Progress
-from qlite.train.pool import Labelled, build_pool, csr, pseudo_sentences, pseudo_texts, split_by_passage
+from qlite.index.flat import flat_search
+from qlite.train.pool import (Labelled, build_pool, csr, pseudo_sentences, pseudo_texts, split_by_passage,
+                              teacher_top)
 from qlite.train.state import TrainState
 from qlite.train.trainer import train
 
@@ -244,6 +246,24 @@ def test_pool_pseudo_queries_are_encoded_texts_or_passage_embeddings(title_task,
     assert ("passage titles" in pool.describe_text()) == (pool.counts["pseudo_titles"] > 0)
     assert ("passage sentences" in pool.describe_text()) == ("sentences" in source)
     assert not np.allclose(titles, passages, atol=1e-3) and not np.allclose(titles, sentences, atol=1e-3)
+
+
+def test_teacher_top_is_flat_search_and_reports_progress_block_by_block():
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((25, 16)).astype(np.float32)
+
+    class Counting:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, n=1, info=None):
+            self.updates.append(n)
+
+    bar = Counting()
+    top = teacher_top(embeddings, queries, 7, block_queries=10, bar=bar)
+    assert top.tolist() == flat_search(embeddings, queries, 7)[1].tolist()
+    assert bar.updates == [10, 10, 5]  # a long teacher search shows progress as it goes, not only at its end
 
 
 def test_distillation_alone_brings_the_index_closer_to_flat_search(title_task):

@@ -208,11 +208,14 @@ def pseudo_sentences(cache: Cache, rows, seed: int) -> tuple[list, int]:
     return out, len(full)
 
 
-def teacher_top(embeddings, queries, k, block_queries=1024) -> np.ndarray:
-    """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise."""
+def teacher_top(embeddings, queries, k, block_queries=1024, bar=None) -> np.ndarray:
+    """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise; ``bar``
+    (a progress bar, or None) advances by each block's queries (on a 1M corpus a block takes seconds)."""
     out = np.empty((len(queries), min(k, len(embeddings))), np.int64)
     for s in range(0, len(queries), block_queries):
         out[s:s + block_queries] = flat_search(embeddings, queries[s:s + block_queries], k)[1]
+        if bar is not None:
+            bar.update(len(out[s:s + block_queries]))
     return out
 
 
@@ -370,13 +373,13 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
     n_lab = len(labelled) if labelled else 0
     parts = [labelled.positives(i) for i in range(n_lab)] + [np.zeros(0, np.int64)] * (len(vectors) - n_lab)
     pos_ptr, pos_rows = csr(parts)
-    with progress.stage("teacher: flat search", len(vectors)) as bar:
-        teacher = teacher_top(cache.embeddings, vectors, cfg.teacher_k)
-        bar.update(len(vectors))
+    agreement = dev is not None and dev.metric == "agreement@10"
+    with progress.stage("teacher: flat search", len(vectors) + (len(dev_vectors) if agreement else 0)) as bar:
+        teacher = teacher_top(cache.embeddings, vectors, cfg.teacher_k, bar=bar)
+        if agreement:
+            dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10, bar=bar)
     if dev is not None:
         dev.vectors = dev_vectors
-        if dev.metric == "agreement@10":
-            dev.flat_top = teacher_top(cache.embeddings, dev_vectors, 10)
     counts = {"pseudo_titles": len(texts_of.get("titles", (0, []))[1])}
     if "sentences" in texts_of:  # (pools without sentences keep the counts they always had)
         counts.update(pseudo_sentences=len(texts_of["sentences"][1]), sentences_from_corpus=sentences_read)
