@@ -18,6 +18,8 @@ from qlite.train.config import TrainConfig, lr_factor, pseudo_sources
 from qlite.encoder.queries import encode_queries, query_encoder
 from qlite.progress import Progress
 from qlite.index.flat import flat_search
+from qlite.index.ivfpq import IVFPQIndex, IVFPQParams
+from qlite.train import pool as pool_module
 from qlite.train.pool import (Labelled, build_pool, csr, pseudo_sentences, pseudo_texts, split_by_passage,
                               teacher_top)
 from qlite.train.state import TrainState
@@ -264,6 +266,27 @@ def test_teacher_top_is_flat_search_and_reports_progress_block_by_block():
     top = teacher_top(embeddings, queries, 7, block_queries=10, bar=bar)
     assert top.tolist() == flat_search(embeddings, queries, 7)[1].tolist()
     assert bar.updates == [10, 10, 5]  # a long teacher search shows progress as it goes, not only at its end
+
+
+def test_teacher_top_of_a_large_corpus_comes_from_the_index_rescored_exactly(monkeypatch):
+    rng = np.random.default_rng(1)
+    embeddings = rng.standard_normal((600, 32)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    queries = rng.standard_normal((40, 32)).astype(np.float32)
+    index = IVFPQIndex(IVFPQParams(dim=32, nlist=16, m=8, niter=8)).retrain(embeddings)
+    exact = flat_search(embeddings, queries, 10)[1]
+    assert pool_module.TEACHER_PROBE_FACTOR * index.default_nprobe() >= 16  # probes every list here
+    # a small corpus: exact search, whatever the index would give
+    monkeypatch.setattr(pool_module, "TEACHER_RERANK", 10)
+    assert teacher_top(embeddings, queries, 10, index=index).tolist() == exact.tolist()
+    # above the threshold: the index's best TEACHER_RERANK candidates, re-scored from the float rows
+    monkeypatch.setattr(pool_module, "EXACT_TEACHER_MAX", 100)
+    from_index = teacher_top(embeddings, queries, 10, block_queries=16, index=index)
+    assert from_index.tolist() == index.search(queries, 10, nprobe=16, rerank=10, source=embeddings)[1].tolist()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(from_index, exact)])
+    assert 0.3 < recall < 1.0  # re-scoring only 10 ADC candidates misses some of the exact top 10
+    monkeypatch.setattr(pool_module, "TEACHER_RERANK", 600)  # every passage re-scored: exact again
+    assert teacher_top(embeddings, queries, 10, block_queries=16, index=index).tolist() == exact.tolist()
 
 
 def test_distillation_alone_brings_the_index_closer_to_flat_search(title_task):

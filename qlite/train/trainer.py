@@ -378,7 +378,7 @@ def _train(cache_path, queries_path, qrels_path, dev_qrels_path, cfg, run, threa
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "log.jsonl").unlink(missing_ok=True)
         pool = build_pool(cache, cfg, queries_path, qrels_path, dev_qrels_path, threads, progress,
-                          workdir / "pool.h5")
+                          workdir / "pool.h5", index=index)
         state = TrainState.start(identity_head(cache.dim), index.coarse.astype(np.float32),
                                  index.pq.codebooks.astype(np.float32))
         meta = {**fingerprint, "name": name, "started_at": _now(), "queries": pool.describe(),
