@@ -289,14 +289,15 @@ def test_teacher_top_of_a_large_corpus_comes_from_the_index_rescored_exactly(mon
     assert teacher_top(embeddings, queries, 10, block_queries=16, index=index).tolist() == exact.tolist()
 
 
-@pytest.mark.parametrize("inputs, supervised, through_head", [
-    ("corpus", 1.0, False),   # no labels: nothing would hold the head to flat search's ranking
-    ("queries", 1.0, False),  # queries without qrels: the same
-    ("qrels", 1.0, True),     # labels train the head, and the teacher scores through it
-    ("qrels", 0.0, False),    # labels given, supervised loss off
+@pytest.mark.parametrize("inputs, supervised, supervised_head, through_head", [
+    ("corpus", 1.0, True, False),   # no labels: nothing would hold the head to flat search's ranking
+    ("queries", 1.0, True, False),  # queries without qrels: the same
+    ("qrels", 1.0, True, True),     # labels train the head, and the teacher scores through it
+    ("qrels", 0.0, True, False),    # labels given, supervised loss off
+    ("qrels", 1.0, False, False),   # labels that train the rows only (--supervised-rows-only)
 ])
 def test_the_teacher_scores_through_the_head_only_when_labels_train_it(title_task, monkeypatch, inputs, supervised,
-                                                                      through_head):
+                                                                      supervised_head, through_head):
     from qlite.train import trainer as trainer_module
 
     seen = []
@@ -307,11 +308,11 @@ def test_the_teacher_scores_through_the_head_only_when_labels_train_it(title_tas
         return step_gradients(*args, **kw)
 
     monkeypatch.setattr(trainer_module, "step_gradients", recording)
-    path = fresh_copy(title_task, f"teacher-{inputs}-{supervised}")
+    path = fresh_copy(title_task, f"teacher-{inputs}-{supervised}-{supervised_head}")
     files = {"corpus": (None, None), "queries": (title_task["queries"], None),
              "qrels": (title_task["queries"], title_task["qrels"])}[inputs]
     train(path, *files, config=TrainConfig(batch_size=32, k=20, teacher_k=10, steps=3, supervised=supervised,
-                                           pseudo_queries=50), threads=1)
+                                           supervised_head=supervised_head, pseudo_queries=50), threads=1)
     assert seen == [through_head] * 3
 
 

@@ -283,8 +283,8 @@ class FaissMiner:
 class TorchStep:
     """The step's model in PyTorch: parameters, the losses and the optimiser."""
 
-    def __init__(self, torch, cfg, index, d):
-        self.torch, self.cfg = torch, cfg
+    def __init__(self, torch, cfg, index, d, teacher_head):
+        self.torch, self.cfg, self.teacher_head = torch, cfg, teacher_head  # as qlite's teacher_through_head
         nn = torch.nn
         head = np.vstack([np.eye(d, dtype=np.float32), np.zeros((1, d), np.float32)])
         self.head = nn.Parameter(torch.from_numpy(head), requires_grad=cfg.train_head)
@@ -317,7 +317,7 @@ class TorchStep:
         f = h @ rows.T
         loss = torch.zeros(())
         if cfg.distill > 0:
-            t = f.detach() if cfg.supervised > 0 else q @ rows.T
+            t = f.detach() if self.teacher_head else q @ rows.T
             kl = F.kl_div(F.log_softmax(s / cfg.tau, 1), F.log_softmax(t / cfg.tau_teacher, 1), reduction="none",
                           log_target=True).sum(1)
             loss = loss + cfg.distill * kl.sum() / B
@@ -345,9 +345,11 @@ def run_torch(a, mem):
     from qlite.train.config import lr_factor
 
     torch.set_num_threads(a.child_threads)
+    from qlite.train.trainer import teacher_through_head
+
     cache, index, pool, cfg = open_inputs(a)
     n, d = cache.count, cache.dim
-    model = TorchStep(torch, cfg, index, d)
+    model = TorchStep(torch, cfg, index, d, teacher_through_head(cfg, pool))
     nprobe = cfg.nprobe or index.default_nprobe()
     miner = None
     if a.child == "torch+faiss":
@@ -442,8 +444,10 @@ def check(a):
     from qlite.train.candidates import build_candidates
     from qlite.train.kernels import step_gradients
 
+    from qlite.train.trainer import teacher_through_head
+
     cache, index, pool, cfg = open_inputs(a)
-    model = TorchStep(torch, cfg, index, cache.dim)
+    model = TorchStep(torch, cfg, index, cache.dim, teacher_through_head(cfg, pool))
     labelled_rows = np.zeros(cache.count, bool)
     labelled_rows[pool.pos_rows] = True
     idx, pos = Batches(pool, cfg)(1)
@@ -459,7 +463,7 @@ def check(a):
     kl, sup, grads = step_gradients(q, model.head.detach().numpy(), index.rotation, rows, lists, codes,
                                     np.asarray(index.coarse, np.float32), np.asarray(index.pq.codebooks, np.float32),
                                     cand.target, mask, np.full(len(idx), cfg.distill), sup_w, cfg.tau,
-                                    cfg.tau_teacher, cfg.tau_supervised, teacher_head=cfg.supervised > 0,
+                                    cfg.tau_teacher, cfg.tau_supervised, teacher_head=model.teacher_head,
                                     supervised_head=cfg.supervised_head)
     loss = model.loss(torch.from_numpy(q), h, torch.from_numpy(rows), torch.from_numpy(lists.astype(np.int64)),
                       torch.from_numpy(codes).long(), torch.from_numpy(cand.target), torch.from_numpy(mask),

@@ -76,6 +76,14 @@ class TrainResult:
                 f"({rate:.1f} steps/s{resumed}); {dev}{self.path}")
 
 
+def teacher_through_head(cfg: TrainConfig, pool: Pool) -> bool:
+    """Whether the teacher scores through the head: only when labels train the head.  With none, nothing but
+    the decay holds the head to flat search's ranking, and it learns instead to move the queries to wherever
+    the quantized scores agree with a teacher that moves with them (on the 1M realistic set, corpus only, the
+    dev agreement with flat search fell from 0.487 to 0.385 in an epoch; docs/experiments.md, stop 31)."""
+    return cfg.supervised > 0 and cfg.supervised_head and pool.counts.get("labelled", 0) > 0
+
+
 class Trainer:
     def __init__(self, cache: Cache, cfg: TrainConfig, workdir: Path, pool: Pool, index, state: TrainState,
                  meta: dict, progress: Progress = SILENT):
@@ -91,11 +99,7 @@ class Trainer:
         self.identity = identity_head(cache.dim)
         self.labelled_rows = np.zeros(cache.count, bool)
         self.labelled_rows[pool.pos_rows] = True
-        # The teacher scores through the head only when labels train the head: with none, nothing but the
-        # decay would hold the head to flat search's ranking, and it learns instead to move the queries where the
-        # quantized scores agree with a teacher that moves with them (on the 1M realistic set, corpus only, the
-        # dev agreement with flat search fell from 0.487 to 0.385 in an epoch).
-        self.teacher_head = cfg.supervised > 0 and pool.counts.get("labelled", 0) > 0
+        self.teacher_head = teacher_through_head(cfg, pool)
         self.window = []
         self.dev_halves = None  # [even, odd] dev queries' scores at the last evaluation
         self._order = (-1, None)
