@@ -93,6 +93,30 @@ def test_step_loss_and_gradients_match_float64_finite_differences(teacher_head):
     assert np.abs(grads["codebooks"]).sum() > 0 and np.abs(grads["coarse"]).sum() > 0
 
 
+def test_a_batch_without_labels_matches_finite_differences_without_the_head_teacher():
+    """No labelled query and a teacher without the head (training without qrels): the kernel skips the float
+    score through the head, which only the supervised loss reads; the loss and gradients stay exact."""
+    q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = problem(seed=5)
+    sup_w = np.zeros_like(sup_w)
+    p = (q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w)
+    taus = (0.5, 0.7, 0.6)
+    kl, sup, grads = step_gradients(*p, *taus, teacher_head=False)
+    teacher = teacher64(q, head, rows, False)
+    params = {"head": head, "coarse": coarse, "codebooks": codebooks}
+
+    def loss(name):
+        def at(value):
+            v = {**params, name: value}
+            return step_loss64(q, v["head"], rotation, rows, lists, codes, v["coarse"], v["codebooks"],
+                               target, mask, kl_w, sup_w, taus, teacher)
+        return at
+
+    assert sup == 0 and kl > 0 and abs(kl - loss("head")(head)) < 1e-5
+    for name, value in params.items():
+        np.testing.assert_allclose(grads[name], central_differences(loss(name), value), atol=2e-4, err_msg=name)
+    assert np.abs(grads["head"]).sum() > 0 and not grads["rows"].any()
+
+
 def test_masking_changes_only_the_supervised_loss():
     q, head, rotation, rows, lists, codes, coarse, codebooks, target, mask, kl_w, sup_w = problem()
     s = np.random.default_rng(3).standard_normal((len(q), len(rows))).astype(np.float32)

@@ -302,8 +302,11 @@ def step_gradients(q, head, rotation, rows, lists, codes, coarse, codebooks, tar
     lut = np.ascontiguousarray(np.matmul(codebooks, u_sub.transpose(0, 2, 1)))  # [M, ksub, B]
     s = np.ascontiguousarray(adc_scores(lut, matmul(coarse_used, u.T), slot, codes).T)
     # the [B, C] x d float products are most of a step: matmul deals their pieces to the threads
-    f = matmul(h, rows.T)
-    t = f if teacher_head else matmul(q, rows.T)
+    if teacher_head:
+        f = t = matmul(h, rows.T)
+    else:  # the float score through the head serves only the supervised loss: a batch without labels skips it
+        t = matmul(q, rows.T)
+        f = matmul(h, rows.T) if np.any(sup_weight) else t
     kl, sup, g_s, g_f = softmax_losses(s, f, t, mask, target, kl_weight, sup_weight, tau_s, tau_t, tau_sup)
     g_lut, g_lists = adc_backward(np.ascontiguousarray(g_s.T), slot, codes, len(used), ksub)
     # dL/du: through the tables (sub-space m of u meets codebook m) and the list dots
