@@ -343,10 +343,9 @@ def run_torch(a, mem):
 
     from qlite.train.candidates import build_candidates
     from qlite.train.config import lr_factor
-
-    torch.set_num_threads(a.child_threads)
     from qlite.train.trainer import teacher_through_head
 
+    torch.set_num_threads(a.child_threads)
     cache, index, pool, cfg = open_inputs(a)
     n, d = cache.count, cache.dim
     model = TorchStep(torch, cfg, index, d, teacher_through_head(cfg, pool))
@@ -443,7 +442,6 @@ def check(a):
 
     from qlite.train.candidates import build_candidates
     from qlite.train.kernels import step_gradients
-
     from qlite.train.trainer import teacher_through_head
 
     cache, index, pool, cfg = open_inputs(a)

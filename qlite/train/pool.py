@@ -216,6 +216,11 @@ def pseudo_sentences(cache: Cache, rows, seed: int) -> tuple[list, int]:
     return out, len(full)
 
 
+def teacher_uses_index(index, n) -> bool:
+    """Whether the teacher of a corpus of ``n`` passages asks ``index`` (the base index, or None)."""
+    return index is not None and n > EXACT_TEACHER_MAX
+
+
 def teacher_top(embeddings, queries, k, block_queries=1024, bar=None, index=None) -> np.ndarray:
     """rows [P, k] int64: each query's k best passages by flat search (inner product), blockwise; ``bar``
     (a progress bar, or None) advances by each block's queries (on a 1M corpus a block takes seconds).
@@ -224,11 +229,11 @@ def teacher_top(embeddings, queries, k, block_queries=1024, bar=None, index=None
     index's candidates re-scored exactly stand in for flat search (see the module docstring); -1 pads a
     query whose probed lists hold fewer than k passages."""
     out = np.empty((len(queries), min(k, len(embeddings))), np.int64)
-    use_index = index is not None and len(embeddings) > EXACT_TEACHER_MAX
+    use_index = teacher_uses_index(index, len(embeddings))
+    nprobe = TEACHER_PROBE_FACTOR * index.default_nprobe() if use_index else 0
     for s in range(0, len(queries), block_queries):
         block = queries[s:s + block_queries]
         if use_index:
-            nprobe = TEACHER_PROBE_FACTOR * index.default_nprobe()
             out[s:s + len(block)] = index.search(block, out.shape[1], nprobe=nprobe,
                                                  rerank=max(TEACHER_RERANK, out.shape[1]), source=embeddings)[1]
         else:
@@ -395,8 +400,8 @@ def build_pool(cache: Cache, cfg, queries_path, qrels_path, dev_qrels_path, thre
     parts = [labelled.positives(i) for i in range(n_lab)] + [np.zeros(0, np.int64)] * (len(vectors) - n_lab)
     pos_ptr, pos_rows = csr(parts)
     agreement = dev is not None and dev.metric == "agreement@10"
-    label = ("teacher: flat search" if index is None or cache.count <= EXACT_TEACHER_MAX
-             else "teacher: index candidates re-scored exactly")
+    label = ("teacher: index candidates re-scored exactly" if teacher_uses_index(index, cache.count)
+             else "teacher: flat search")
     with progress.stage(label, len(vectors) + (len(dev_vectors) if agreement else 0)) as bar:
         teacher = teacher_top(cache.embeddings, vectors, cfg.teacher_k, bar=bar, index=index)
         if agreement:
